@@ -2,7 +2,10 @@
 // Relay configuration: JSON file < environment < command-line flags.
 // Every option has a flag (--name), an env variable (OUTBOX_RELAY_NAME, dashes
 // become underscores, upper case) and a JSON key (name with dashes). Errors
-// name the key and the source it came from.
+// name the key and the source it came from. librdkafka properties: -X
+// prop=value, JSON "kafka": {"prop": "value"}, env OUTBOX_RELAY_KAFKA_<PROP>
+// ('.' -> '_'). Unknown JSON keys, OUTBOX_RELAY_* variables and flags are
+// errors; "config" / OUTBOX_RELAY_CONFIG (the file path) are skipped.
 #include "outbox_relay/errc.hpp"
 #include "outbox_relay/outbox.hpp"
 

@@ -67,6 +67,13 @@ public:
 
     // Maps one inserted row of the outbox. Errors name the column in *err:
     // missing_column, null_column (id/aggregatetype used in topic), unchanged_toast_column.
+    // Also null_column for a NULL type, column_count_mismatch when `row` does
+    // not match `rel`, bad_value for a binary jsonb payload without version
+    // byte 1. Binary ('b') columns: a jsonb payload has jsonb_send's leading
+    // version byte stripped; every other 'b' value is used as sent (identical
+    // to text for text/varchar/json, raw bytes for e.g. uuid: stream in text
+    // mode). Column indexes are resolved once per (relid, generation).
+    // Loop thread only; `rel` and `row` must outlive the returned views.
     result<outbox_record> map(const cached_relation& rel, const pgoutput::tuple_data& row,
                               mapping_error* err = nullptr) const;
 

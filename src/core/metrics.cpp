@@ -1,0 +1,313 @@
+#include "outbox_relay/metrics.hpp"
+
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+
+namespace outbox {
+namespace {
+
+enum metric_type : int { type_counter, type_gauge, type_histogram };
+
+// Misuse of the registry is a programming error found at start-up; pure code
+// cannot log, so say why on stderr and stop.
+[[noreturn]] void die(std::string_view what, std::string_view name) noexcept {
+    std::fprintf(stderr, "metrics: %.*s: %.*s\n", static_cast<int>(what.size()), what.data(),
+                 static_cast<int>(name.size()), name.data());
+    std::fflush(stderr);
+    std::abort();
+}
+
+bool valid_metric_name(std::string_view s) {
+    if (s.empty()) return false;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        const char c = s[i];
+        const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c == ':' ||
+                        (i > 0 && c >= '0' && c <= '9');
+        if (!ok) return false;
+    }
+    return true;
+}
+
+bool valid_label_name(std::string_view s) {
+    if (s.empty() || s.starts_with("__")) return false;  // "__" is reserved for Prometheus
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        const char c = s[i];
+        const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || (i > 0 && c >= '0' && c <= '9');
+        if (!ok) return false;
+    }
+    return true;
+}
+
+// Exposition format: in HELP, '\' and newline are escaped; in label values
+// also '"'.
+void append_escaped(std::string& out, std::string_view s, bool quote) {
+    for (char c : s) {
+        switch (c) {
+            case '\\': out += "\\\\"; break;
+            case '\n': out += "\\n"; break;
+            case '"':
+                if (quote) {
+                    out += "\\\"";
+                    break;
+                }
+                [[fallthrough]];
+            default: out += c;
+        }
+    }
+}
+
+void append_double(std::string& out, double v) {
+    if (std::isnan(v)) {
+        out += "NaN";
+    } else if (std::isinf(v)) {
+        out += v > 0 ? "+Inf" : "-Inf";
+    } else {
+        // Shortest text that reads back as the same double. Plain decimals
+        // ("0.0005", "10") in the usual range, as other exporters print le
+        // bounds; scientific only for extreme magnitudes.
+        char buf[64];
+        const double a = std::fabs(v);
+        const bool plain = a == 0 || (a >= 1e-6 && a < 1e15);
+        auto [p, ec] = plain ? std::to_chars(buf, buf + sizeof buf, v, std::chars_format::fixed)
+                             : std::to_chars(buf, buf + sizeof buf, v);
+        out.append(buf, ec == std::errc{} ? p : buf);
+    }
+}
+
+void append_uint(std::string& out, std::uint64_t v) {
+    char buf[24];
+    auto [p, ec] = std::to_chars(buf, buf + sizeof buf, v);
+    out.append(buf, ec == std::errc{} ? p : buf);
+}
+
+// name{a="x",b="y"} or name{a="x",le="0.5"}; nothing when there is no label.
+void append_series_name(std::string& out, std::string_view name, std::string_view suffix,
+                        const metric_labels& labels, std::string_view le = {}) {
+    out += name;
+    out += suffix;
+    if (labels.empty() && le.empty()) return;
+    out += '{';
+    bool first = true;
+    for (const auto& [k, v] : labels) {
+        if (!first) out += ',';
+        first = false;
+        out += k;
+        out += "=\"";
+        append_escaped(out, v, true);
+        out += '"';
+    }
+    if (!le.empty()) {
+        if (!first) out += ',';
+        out += "le=\"";
+        out += le;
+        out += '"';
+    }
+    out += '}';
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+
+histogram::histogram(std::vector<double> bounds) : bounds_(std::move(bounds)), counts_(bounds_.size() + 1, 0) {}
+
+void histogram::observe(double v) noexcept {
+    if (std::isnan(v)) return;
+    std::size_t i = 0;
+    while (i < bounds_.size() && v > bounds_[i]) ++i;
+    ++counts_[i];
+    ++count_;
+    sum_ += v;
+}
+
+struct metrics_registry::family {
+    struct series {
+        metric_labels labels;
+        std::unique_ptr<counter> c;
+        std::unique_ptr<gauge> g;
+        std::unique_ptr<histogram> h;
+    };
+    std::string name;
+    std::string help;
+    int type;
+    std::vector<series> members;
+
+    series* find(const metric_labels& labels) {
+        for (auto& s : members)
+            if (s.labels == labels) return &s;
+        return nullptr;
+    }
+};
+
+metrics_registry::metrics_registry(metrics_registry&&) noexcept = default;
+metrics_registry& metrics_registry::operator=(metrics_registry&&) noexcept = default;
+metrics_registry::metrics_registry() = default;
+metrics_registry::~metrics_registry() = default;
+
+metrics_registry::family& metrics_registry::family_for(std::string_view name, std::string_view help, int type) {
+    if (!valid_metric_name(name)) die("invalid metric name", name);
+    for (auto& f : families_) {
+        if (f->name == name) {
+            if (f->type != type) die("metric registered again with another type", name);
+            return *f;
+        }
+    }
+    families_.push_back(std::make_unique<family>(family{std::string(name), std::string(help), type, {}}));
+    return *families_.back();
+}
+
+namespace {
+void check_labels(std::string_view metric, const metric_labels& labels, bool histogram) {
+    for (const auto& [k, v] : labels) {
+        if (!valid_label_name(k) || (histogram && k == "le")) die("invalid label name", metric);
+    }
+}
+}  // namespace
+
+counter& metrics_registry::add_counter(std::string_view name, std::string_view help, metric_labels labels) {
+    check_labels(name, labels, false);
+    family& f = family_for(name, help, type_counter);
+    if (auto* s = f.find(labels)) return *s->c;
+    f.members.push_back({std::move(labels), std::make_unique<counter>(), nullptr, nullptr});
+    return *f.members.back().c;
+}
+
+gauge& metrics_registry::add_gauge(std::string_view name, std::string_view help, metric_labels labels) {
+    check_labels(name, labels, false);
+    family& f = family_for(name, help, type_gauge);
+    if (auto* s = f.find(labels)) return *s->g;
+    f.members.push_back({std::move(labels), nullptr, std::make_unique<gauge>(), nullptr});
+    return *f.members.back().g;
+}
+
+histogram& metrics_registry::add_histogram(std::string_view name, std::string_view help, std::vector<double> bounds,
+                                           metric_labels labels) {
+    check_labels(name, labels, true);
+    for (std::size_t i = 0; i < bounds.size(); ++i) {
+        if (!std::isfinite(bounds[i]) || (i > 0 && bounds[i] <= bounds[i - 1]))
+            die("histogram bounds must be finite and strictly increasing", name);
+    }
+    family& f = family_for(name, help, type_histogram);
+    if (auto* s = f.find(labels)) return *s->h;
+    f.members.push_back({std::move(labels), nullptr, nullptr, std::make_unique<histogram>(std::move(bounds))});
+    return *f.members.back().h;
+}
+
+void metrics_registry::render(std::string& out) const {
+    for (const auto& fp : families_) {
+        const family& f = *fp;
+        out += "# HELP ";
+        out += f.name;
+        out += ' ';
+        append_escaped(out, f.help, false);
+        out += "\n# TYPE ";
+        out += f.name;
+        out += f.type == type_counter ? " counter\n" : f.type == type_gauge ? " gauge\n" : " histogram\n";
+        for (const auto& s : f.members) {
+            if (f.type == type_counter) {
+                append_series_name(out, f.name, "", s.labels);
+                out += ' ';
+                append_uint(out, s.c->value());
+                out += '\n';
+            } else if (f.type == type_gauge) {
+                append_series_name(out, f.name, "", s.labels);
+                out += ' ';
+                append_double(out, s.g->value());
+                out += '\n';
+            } else {
+                // Buckets are cumulative in the exposition format.
+                const histogram& h = *s.h;
+                std::uint64_t cumulative = 0;
+                std::string le;
+                for (std::size_t i = 0; i <= h.bounds().size(); ++i) {
+                    cumulative += h.bucket_counts()[i];
+                    le.clear();
+                    if (i < h.bounds().size())
+                        append_double(le, h.bounds()[i]);
+                    else
+                        le = "+Inf";
+                    append_series_name(out, f.name, "_bucket", s.labels, le);
+                    out += ' ';
+                    append_uint(out, cumulative);
+                    out += '\n';
+                }
+                append_series_name(out, f.name, "_sum", s.labels);
+                out += ' ';
+                append_double(out, h.sum());
+                out += '\n';
+                append_series_name(out, f.name, "_count", s.labels);
+                out += ' ';
+                append_uint(out, h.count());
+                out += '\n';
+            }
+        }
+    }
+}
+
+std::string metrics_registry::render() const {
+    std::string out;
+    render(out);
+    return out;
+}
+
+double seconds_since_pg_commit(std::int64_t commit_ts_pg_us, std::int64_t now_unix_us) noexcept {
+    // Postgres timestamps count from 2000-01-01; Unix time from 1970-01-01.
+    constexpr std::int64_t pg_epoch_unix_us = 946'684'800'000'000;
+    const std::int64_t commit_unix_us = commit_ts_pg_us + pg_epoch_unix_us;
+    if (now_unix_us <= commit_unix_us) return 0;
+    return static_cast<double>(now_unix_us - commit_unix_us) / 1e6;
+}
+
+// ---------------------------------------------------------------------------
+
+namespace {
+counter& ignored(metrics_registry& r, const char* kind) {
+    return r.add_counter("outbox_relay_changes_ignored_total",
+                         "Replicated changes not turned into records, by kind (update, delete, truncate, "
+                         "message, other_table).",
+                         {{"kind", kind}});
+}
+}  // namespace
+
+relay_metrics::relay_metrics()
+    : records_produced(registry.add_counter("outbox_relay_records_produced_total",
+                                            "Records handed to the Kafka producer.")),
+      records_acked(registry.add_counter("outbox_relay_records_acked_total",
+                                         "Records Kafka acknowledged as persisted.")),
+      records_failed(registry.add_counter("outbox_relay_records_failed_total",
+                                          "Records whose delivery failed (retried or fatal).")),
+      duplicates_skipped(registry.add_counter(
+          "outbox_relay_duplicates_skipped_total",
+          "Replayed records recognised as already in Kafka after a restart and not produced again.")),
+      ignored_update(ignored(registry, "update")),
+      ignored_delete(ignored(registry, "delete")),
+      ignored_truncate(ignored(registry, "truncate")),
+      ignored_message(ignored(registry, "message")),
+      ignored_other_table(ignored(registry, "other_table")),
+      transactions(registry.add_counter("outbox_relay_transactions_total",
+                                        "Committed transactions received from Postgres.")),
+      confirmed_lsn(registry.add_gauge("outbox_relay_confirmed_lsn",
+                                       "WAL position (bytes) confirmed to Postgres as flushed.")),
+      received_lsn(registry.add_gauge("outbox_relay_received_lsn",
+                                      "Highest WAL position (bytes) received from Postgres.")),
+      inflight_records(registry.add_gauge("outbox_relay_inflight_records",
+                                          "Records produced and not yet acknowledged by Kafka.")),
+      inflight_bytes(registry.add_gauge("outbox_relay_inflight_bytes",
+                                        "Bytes of records produced and not yet acknowledged by Kafka.")),
+      backpressure_active(registry.add_gauge(
+          "outbox_relay_backpressure_active",
+          "1 while reading from Postgres is paused because in-flight limits are reached, else 0.")),
+      pg_reconnects(registry.add_counter("outbox_relay_pg_reconnects_total",
+                                         "Replication connections re-established after a loss.")),
+      producer_recreated(registry.add_counter("outbox_relay_producer_recreated_total",
+                                              "Kafka producers recreated after a fatal producer error.")),
+      status_updates_sent(registry.add_counter("outbox_relay_status_updates_sent_total",
+                                               "Standby status updates sent to Postgres.")),
+      commit_to_ack(registry.add_histogram(
+          "outbox_relay_commit_to_ack_seconds",
+          "Seconds from the Postgres commit timestamp of a record's transaction to its Kafka ack.",
+          std::vector<double>(std::begin(commit_to_ack_buckets), std::end(commit_to_ack_buckets)))) {}
+
+}  // namespace outbox
