@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# integration/test.sh — THE test command of outbox-relay (README; .ci/run calls it).
+#
+#   1. install missing Debian packages            (integration/install-deps.sh)
+#   2. Release build of everything                 build/
+#   3. ASan+UBSan build, unit tests under it        build-asan/
+#   4. start a local Postgres + Kafka stack         (integration/stack.sh; always torn down on exit)
+#   5. ctest -L 'unit|component|integration'       against that stack
+#   6. libFuzzer targets, OUTBOX_FUZZ_SECONDS each  build-fuzz/ (when clang is installed)
+#
+# Every step runs even if an earlier independent one failed, so one run shows all
+# problems; the exit status is non-zero if any step failed. A summary ends the output.
+#
+# The stack gets its own state dir and ports (not the defaults of a developer's
+# `stack.sh up`), so running the suite never tears down a stack someone is using:
+#   OUTBOX_TEST_STACK_DIR (default /tmp/outbox-relay-test-stack), OUTBOX_TEST_PG_PORT
+#   (55433), OUTBOX_TEST_KAFKA_PORT (19094), OUTBOX_TEST_KAFKA_CONTROLLER_PORT (19095).
+# Other knobs: OUTBOX_FUZZ_SECONDS (30), OUTBOX_TEST_JOBS (nproc), and the build dirs
+# OUTBOX_TEST_BUILD_DIR (build), OUTBOX_TEST_ASAN_DIR (build-asan),
+# OUTBOX_TEST_FUZZ_DIR (build-fuzz), relative to the repo root or absolute.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+JOBS="${OUTBOX_TEST_JOBS:-$(nproc)}"
+FUZZ_SECONDS="${OUTBOX_FUZZ_SECONDS:-30}"
+B="${OUTBOX_TEST_BUILD_DIR:-build}"
+BA="${OUTBOX_TEST_ASAN_DIR:-build-asan}"
+BF="${OUTBOX_TEST_FUZZ_DIR:-build-fuzz}"
+
+export OUTBOX_STACK_DIR="${OUTBOX_TEST_STACK_DIR:-/tmp/outbox-relay-test-stack}"
+export OUTBOX_STACK_PG_PORT="${OUTBOX_TEST_PG_PORT:-55433}"
+export OUTBOX_STACK_KAFKA_PORT="${OUTBOX_TEST_KAFKA_PORT:-19094}"
+export OUTBOX_STACK_KAFKA_CONTROLLER_PORT="${OUTBOX_TEST_KAFKA_CONTROLLER_PORT:-19095}"
+STACK="$ROOT/integration/stack.sh"
+
+declare -a summary=()
+failed=0
+suite_start=$SECONDS
+
+banner() { printf '\n==================== %s ====================\n' "$*"; }
+
+# step NAME CMD... — run one step, record PASS/FAIL and its duration, never abort.
+step() {
+    local name="$1" start=$SECONDS rc=0
+    shift
+    banner "$name"
+    "$@" || rc=$?
+    local took=$((SECONDS - start))
+    if [[ $rc -eq 0 ]]; then
+        summary+=("$(printf 'PASS  %-34s %5ss' "$name" "$took")")
+    else
+        summary+=("$(printf 'FAIL  %-34s %5ss  (exit %s)' "$name" "$took" "$rc")")
+        failed=1
+    fi
+    return "$rc"
+}
+
+skip() {
+    summary+=("$(printf 'SKIP  %-34s        %s' "$1" "$2")")
+    printf '\n[skip] %s: %s\n' "$1" "$2"
+}
+
+print_summary() {
+    banner "summary ($((SECONDS - suite_start))s)"
+    printf '%s\n' "${summary[@]}"
+    if [[ $failed -eq 0 ]]; then echo "RESULT: PASS"; else echo "RESULT: FAIL"; fi
+}
+
+cleanup() {
+    local rc=$?
+    # Whatever happened (failure, Ctrl-C, a test that hung), leave nothing running.
+    bash "$STACK" down >/dev/null 2>&1 || bash "$STACK" down || true
+    print_summary
+    if [[ $failed -ne 0 && $rc -eq 0 ]]; then rc=1; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+configure_build() {  # DIR TARGETS... -- CMAKE_ARGS...
+    local dir="$1"
+    shift
+    local targets=()
+    while [[ $# -gt 0 && "$1" != -- ]]; do targets+=("$1"); shift; done
+    [[ $# -gt 0 ]] && shift
+    mkdir -p "$dir"
+    cmake -S "$ROOT" -B "$dir" -G Ninja "$@" >"$dir/configure.log" 2>&1 \
+        || { cat "$dir/configure.log"; return 1; }
+    if [[ "${targets[*]}" == "@fuzz" ]]; then
+        # Only the fuzz_* executables: the rest of the tree is built (with gcc) in build/.
+        mapfile -t targets < <(ninja -C "$dir" -t targets all | sed -n 's/^\(fuzz_[A-Za-z0-9_]*\): phony$/\1/p')
+        if [[ ${#targets[@]} -eq 0 ]]; then
+            echo "no fuzz_* targets defined (fuzz/CMakeLists.txt has none yet)"
+            return 0
+        fi
+        echo "fuzz targets: ${targets[*]}"
+    fi
+    ninja -C "$dir" -j"$JOBS" "${targets[@]}"
+}
+
+run_fuzzers() {
+    local fuzzers=() f name corpus rc=0
+    for f in "$BF"/fuzz/fuzz_*; do
+        [[ -f "$f" && -x "$f" ]] && fuzzers+=("$f")
+    done
+    if [[ ${#fuzzers[@]} -eq 0 ]]; then
+        echo "no fuzz targets in $BF/fuzz/ (nothing to run)"
+        return 0
+    fi
+    mkdir -p "$BF/artifacts"
+    for f in "${fuzzers[@]}"; do
+        name="$(basename "$f")"
+        # fuzz/CMakeLists.txt copies seeds to $BF/fuzz/corpus/<name without fuzz_>.
+        corpus="$BF/fuzz/corpus/${name#fuzz_}"
+        mkdir -p "$corpus"
+        echo "fuzz: $name for ${FUZZ_SECONDS}s, corpus $corpus"
+        # libFuzzer exits non-zero on a crash, leak, timeout or sanitizer report and
+        # writes the input to $BF/artifacts/<name>-crash-<sha1>.
+        if ! "$f" -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+            -artifact_prefix="$BF/artifacts/$name-" "$corpus" 2>"$BF/$name.log"; then
+            tail -n 60 "$BF/$name.log"
+            echo "fuzz: $name FAILED (full log $BF/$name.log, inputs in $BF/artifacts/)"
+            rc=1
+        else
+            grep -E '^(stat::number_of_executed_units|stat::new_units_added)' "$BF/$name.log" || true
+            echo "fuzz: $name ok"
+        fi
+    done
+    return "$rc"
+}
+
+# ---------------------------------------------------------------- steps
+
+step "install deps" bash integration/install-deps.sh || exit 1
+
+build_ok=1
+step "build Release ($B/)" configure_build "$B" all -- -DCMAKE_BUILD_TYPE=Release || build_ok=0
+
+asan_ok=1
+step "build ASan+UBSan unit_tests" configure_build "$BA" unit_tests -- \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DOUTBOX_SANITIZE=ON -DOUTBOX_BENCH=OFF || asan_ok=0
+if [[ $asan_ok -eq 1 ]]; then
+    UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" ASAN_OPTIONS="detect_leaks=1" \
+        step "unit tests under ASan+UBSan" ctest --test-dir "$BA" --output-on-failure -L unit -j"$JOBS" || true
+else
+    skip "unit tests under ASan+UBSan" "ASan build failed"
+fi
+
+stack_ok=1
+step "stack up" bash "$STACK" up || stack_ok=0
+
+if [[ $build_ok -eq 1 && $stack_ok -eq 1 ]]; then
+    eval "$(bash "$STACK" env)"
+    echo "OUTBOX_TEST_PG=$OUTBOX_TEST_PG OUTBOX_TEST_BROKERS=$OUTBOX_TEST_BROKERS"
+    # Unit and component tests run in parallel; integration tests hold RESOURCE_LOCK
+    # stack, so ctest runs them one at a time. --timeout applies to tests without
+    # their own TIMEOUT property.
+    step "ctest unit|component|integration" ctest --test-dir "$B" --output-on-failure \
+        -L 'unit|component|integration' -j"$JOBS" --timeout 600 || true
+else
+    skip "ctest unit|component|integration" "build or stack failed"
+fi
+# The stack is not needed any more; free its memory for the fuzz build.
+bash "$STACK" down || true
+
+if command -v clang++ >/dev/null; then
+    if CXX=clang++ step "build fuzz targets ($BF/)" configure_build "$BF" @fuzz -- \
+        -DCMAKE_BUILD_TYPE=RelWithDebInfo -DOUTBOX_FUZZ=ON -DOUTBOX_BENCH=OFF; then
+        step "fuzz ${FUZZ_SECONDS}s per target" run_fuzzers || true
+    fi
+else
+    skip "fuzz" "clang++ not installed"
+fi
