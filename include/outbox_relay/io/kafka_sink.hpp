@@ -45,6 +45,7 @@ struct delivery_report {
     std::int32_t partition = -1;
     std::int64_t offset = -1;    // -1 when the broker answered DUPLICATE_SEQUENCE (still success)
     std::string_view topic;
+    std::string event_id;        // value of the record's "id" header; filled on failures only
 };
 
 struct sink_config {
@@ -61,9 +62,18 @@ public:
         fatal,       // the producer hit a fatal error: recreate it
     };
 
+    // Exactly one call per record produce() accepted (ok), also for failures
+    // produce() saw at once. Runs inside rd_kafka_poll: it may call produce(),
+    // but must not destroy the sink. `topic` is valid during the call only.
+    // Permanent errors: MSG_SIZE_TOO_LARGE, RECORD_LIST_TOO_LARGE,
+    // INVALID_RECORD, TOPIC_AUTHORIZATION_FAILED, UNKNOWN_TOPIC_OR_PART,
+    // __UNKNOWN_TOPIC, __UNKNOWN_PARTITION, TOPIC_EXCEPTION, POLICY_VIOLATION,
+    // INVALID_TIMESTAMP, UNSUPPORTED_FOR_MESSAGE_FORMAT, __INVALID_ARG.
     using report_handler = std::function<void(const delivery_report&)>;
     // Called on the loop for a fatal producer error (rd_kafka_fatal_error) and
     // at most once per sink; the sink accepts no more records afterwards.
+    // Runs from its own loop turn, not inside rd_kafka_poll, so it may
+    // destroy the sink.
     using fatal_handler = std::function<void(const std::string& reason)>;
 
     // Creates the producer. Throws std::runtime_error naming the property on
