@@ -1,0 +1,71 @@
+#pragma once
+// Positions of records the relay produced, for skipping what a replayed window
+// already delivered (ARCHITECTURE.md invariant 6).
+//
+// Every record carries two headers (outbox.hpp):
+//   outbox-relay.commit-lsn  X/X text of the transaction's commit LSN (Begin.final_lsn)
+//   outbox-relay.seq         decimal index of the record inside its transaction, from 0
+// Together they name the record's place in the WAL: (commit_lsn, seq) is unique
+// per outbox row, and identical when the same transaction is replayed.
+//
+// The set is filled by the tail scanner (io/kafka_tail_scanner.hpp) and read by
+// the relay before producing a replayed record. Set-based on purpose: a record
+// that failed while newer ones succeeded leaves a gap that a replay refills,
+// which "last position per partition" would skip for good.
+#include "outbox_relay/errc.hpp"
+#include "outbox_relay/lsn.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+#include <unordered_set>
+
+namespace outbox {
+
+struct record_position {
+    lsn commit_lsn;
+    std::uint32_t seq = 0;
+
+    friend constexpr bool operator==(const record_position&, const record_position&) noexcept = default;
+};
+
+struct record_position_hash {
+    // Mixes both fields (splitmix64 finaliser): commit LSNs of neighbouring
+    // transactions differ in few low bits, so the raw value hashes badly.
+    std::size_t operator()(const record_position& p) const noexcept;
+};
+
+// Parses the two header values of one record. `lsn_text` must be X/X as
+// lsn::parse accepts it (errc::bad_lsn_text otherwise); `seq_text` must be
+// 1+ decimal digits without sign or spaces whose value fits in 32 bits
+// (errc::bad_value otherwise). Pure; the views need only live for the call.
+result<record_position> parse_position(std::string_view lsn_text, std::string_view seq_text) noexcept;
+
+// A set of record positions. Not thread-safe: one thread at a time (the scanner
+// fills it, then hands it to the loop thread by move).
+class position_set {
+public:
+    // Adds `p`; returns true when it was not present yet. Throws only
+    // std::bad_alloc, like the standard container under it.
+    bool insert(const record_position& p) { return set_.insert(p).second; }
+
+    bool contains(const record_position& p) const noexcept { return set_.find(p) != set_.end(); }
+
+    std::size_t size() const noexcept { return set_.size(); }
+    bool empty() const noexcept { return set_.empty(); }
+
+    // Adds every position of `other` (a union); `other` is left unchanged.
+    void merge(const position_set& other);
+
+    // Removes every position whose commit LSN is below `bound`: once the slot's
+    // confirmed position passes `bound`, those transactions are never replayed
+    // again, so the relay can drop them to keep the set small.
+    void erase_below(lsn bound) noexcept;
+
+    void clear() noexcept { set_.clear(); }
+
+private:
+    std::unordered_set<record_position, record_position_hash> set_;
+};
+
+}  // namespace outbox
