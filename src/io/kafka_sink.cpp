@@ -469,4 +469,18 @@ bool kafka_sink::flush(std::chrono::milliseconds timeout) {
 
 void* kafka_sink::native_handle() const noexcept { return impl_->rk; }
 
+bool kafka_sink::warm_topic(const std::string& topic, std::chrono::milliseconds timeout) {
+    // A metadata request for one topic: its answer lands in the handle's
+    // metadata cache, which the partitioner reads on the next produce().
+    rd_kafka_topic_t* rkt = rd_kafka_topic_new(impl_->rk, topic.c_str(), nullptr);
+    if (rkt == nullptr) return false;
+    const struct rd_kafka_metadata* md = nullptr;
+    const auto err = rd_kafka_metadata(impl_->rk, 0, rkt, &md, static_cast<int>(timeout.count()));
+    bool ok = err == RD_KAFKA_RESP_ERR_NO_ERROR && md != nullptr && md->topic_cnt == 1 &&
+              md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR;
+    if (md != nullptr) rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_destroy(rkt);
+    return ok;
+}
+
 }  // namespace outbox::io

@@ -22,6 +22,7 @@
 #include <optional>
 #include <stdexcept>
 #include <unordered_map>
+#include <unordered_set>
 
 namespace outbox::io {
 namespace {
@@ -202,6 +203,7 @@ struct relay::impl {
         boost::asio::post(ioc_, [this] {
             stream_.reset();
             sink_.reset();
+            warmed_topics_.clear();
             parked_.clear();
             unconfirmed_commits_.clear();
             tracker_ = checkpoint_tracker(tracker_.confirmed());
@@ -397,6 +399,8 @@ struct relay::impl {
         (void)ec;
         std::string_view seq_text(seqbuf, static_cast<std::size_t>(end - seqbuf));
         const auto seq = static_cast<std::uint32_t>(seq_++);
+        if (cfg_.delivery == delivery_mode::at_least_once && warmed_topics_.insert(rec->topic).second)
+            sink_->warm_topic(rec->topic, std::chrono::milliseconds{2000});
         if (cfg_.delivery == delivery_mode::exactly_once) {
             const position_set* present = present_in(rec->topic);
             if (present == nullptr) return;  // scan failed; the stream restarts
@@ -457,6 +461,9 @@ struct relay::impl {
         o.properties = cfg_.kafka;
         try {
             auto r = scan_topic_tail(o, topic, scan_from_);
+            // The producer has not seen this topic yet either: fetch its
+            // metadata now rather than wait for librdkafka's 1 s timer.
+            sink_->warm_topic(topic, std::chrono::milliseconds{2000});
             log::info(mod, "event=replay_window_scanned topic={} from={} partitions={} records_read={} present={} took_ms={}",
                       topic, scan_from_.to_string(), r.partitions, r.records_read, r.present.size(), r.took.count());
             return &scanned_topics_.emplace(topic, std::move(r.present)).first->second;
@@ -613,6 +620,7 @@ struct relay::impl {
     std::deque<parked_record> parked_;
     lsn scan_from_;
     std::unordered_map<std::string, position_set> scanned_topics_;
+    std::unordered_set<std::string> warmed_topics_;  // at-least-once: metadata fetched
 
     checkpoint_tracker::txn_id current_txn_ = 0;
     std::string current_commit_lsn_;

@@ -102,6 +102,12 @@ public:
     std::size_t bytes_in_flight() const noexcept { return bytes_in_flight_; }
     bool failed() const noexcept { return failed_; }
 
+    // Fetches `topic`'s metadata into the producer's cache now (blocking, up
+    // to `timeout`), so the first record to a topic not seen yet does not wait
+    // for librdkafka's 1 s metadata refresh timer. Loop thread. Returns false
+    // on timeout or error (harmless: produce() still works, just later).
+    bool warm_topic(const std::string& topic, std::chrono::milliseconds timeout);
+
     // The librdkafka handle, for the dedupe reader and for tests.
     void* native_handle() const noexcept;
 
