@@ -76,7 +76,19 @@ struct relay::impl {
         reconnect_timer_.cancel();
         // Finish the transaction being received first, so that its records can
         // be confirmed and a restart does not replay them.
-        if (!tracker_.has_open_txn()) begin_drain();
+        if (!tracker_.has_open_txn()) {
+            begin_drain();
+            return;
+        }
+        // ... but not for longer than the drain timeout: a huge transaction
+        // can take a while to arrive, and SIGTERM must end in bounded time.
+        drain_timer_.expires_after(cfg_.drain_timeout);
+        drain_timer_.async_wait([this](boost::system::error_code ec) {
+            if (ec || draining_) return;
+            log::warn(mod, "event=open_txn_not_finished action=stop_reading confirmed={}",
+                      tracker_.confirmed().to_string());
+            begin_drain();
+        });
     }
 
     void begin_drain() {

@@ -152,11 +152,15 @@ struct replication_stream::impl : std::enable_shared_from_this<impl> {
         }
         PQconninfoFree(parsed);
 
-        // Later keywords override what the expanded dbname set, so
-        // replication=database always wins over the user's string.
-        const char* keys[] = {"dbname", "replication", "application_name", "client_encoding", nullptr};
-        const char* vals[] = {opts_.conninfo.c_str(), "database", opts_.application_name.c_str(), "UTF8",
-                              nullptr};
+        // Keywords before dbname are defaults the user's string may override;
+        // later ones override it, so replication=database always wins. TCP
+        // keepalives (idle 20 s, then 3 probes 5 s apart) notice a network
+        // that died silently: an idle walsender may send nothing for long.
+        const char* keys[] = {"keepalives",  "keepalives_idle", "keepalives_interval",
+                              "keepalives_count", "dbname", "replication", "application_name",
+                              "client_encoding", nullptr};
+        const char* vals[] = {"1", "20", "5", "3", opts_.conninfo.c_str(), "database",
+                              opts_.application_name.c_str(), "UTF8", nullptr};
         conn_ = PQconnectStartParams(keys, vals, /*expand_dbname=*/1);
         if (!conn_) {
             fail(stream_error_kind::fatal, "libpq could not allocate a connection", "");
