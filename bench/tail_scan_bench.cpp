@@ -17,6 +17,8 @@
 #include "outbox_relay/io/kafka_tail_scanner.hpp"
 #include "outbox_relay/outbox.hpp"
 
+#include "kafka_test_support.hpp"
+
 #include <librdkafka/rdkafka.h>
 
 #include <algorithm>
@@ -24,7 +26,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <memory>
 #include <stdexcept>
 #include <string>
 #include <unistd.h>
@@ -35,10 +36,8 @@ namespace {
 using steady = std::chrono::steady_clock;
 using outbox::lsn;
 
-struct rk_destroy {
-    void operator()(rd_kafka_t* rk) const { rd_kafka_destroy(rk); }
-};
-using rk_ptr = std::unique_ptr<rd_kafka_t, rk_destroy>;
+using outbox::test::produce_raw;
+using outbox::test::rk_ptr;
 
 rk_ptr make_producer(const std::string& brokers, int* failed) {
     char err[512];
@@ -85,35 +84,6 @@ void create_topic(const std::string& brokers, const std::string& topic, int part
     if (!error.empty()) throw std::runtime_error("create topic " + topic + ": " + error);
 }
 
-// rd_kafka_produceva instead of the producev macros: those expand to a GNU
-// statement expression that -Wpedantic (clang) flags. On success librdkafka
-// owns `hdrs`; on failure the caller still does.
-rd_kafka_resp_err_t produce_raw(rd_kafka_t* rk, const std::string& topic, int32_t partition, const std::string* key,
-                                const std::string& value, rd_kafka_headers_t* hdrs) {
-    std::vector<rd_kafka_vu_t> vus(5);
-    vus[0].vtype = RD_KAFKA_VTYPE_TOPIC;
-    vus[0].u.cstr = topic.c_str();
-    vus[1].vtype = RD_KAFKA_VTYPE_PARTITION;
-    vus[1].u.i32 = partition;
-    vus[2].vtype = RD_KAFKA_VTYPE_VALUE;
-    vus[2].u.mem = {const_cast<char*>(value.data()), value.size()};
-    vus[3].vtype = RD_KAFKA_VTYPE_MSGFLAGS;
-    vus[3].u.i = RD_KAFKA_MSG_F_COPY;
-    vus[4].vtype = RD_KAFKA_VTYPE_HEADERS;
-    vus[4].u.headers = hdrs;
-    if (key) {
-        rd_kafka_vu_t k;
-        k.vtype = RD_KAFKA_VTYPE_KEY;
-        k.u.mem = {const_cast<char*>(key->data()), key->size()};
-        vus.push_back(k);
-    }
-    rd_kafka_error_t* error = rd_kafka_produceva(rk, vus.data(), vus.size());
-    if (!error) return RD_KAFKA_RESP_ERR_NO_ERROR;
-    const rd_kafka_resp_err_t code = rd_kafka_error_code(error);
-    rd_kafka_error_destroy(error);
-    return code;
-}
-
 // One relay-like record: keyed, JSON payload, the four headers.
 void produce_one(rd_kafka_t* rk, const std::string& topic, std::int32_t partition, const std::string& key,
                  lsn commit, std::uint32_t seq, std::uint64_t n) {
@@ -126,9 +96,7 @@ void produce_one(rd_kafka_t* rk, const std::string& topic, std::int32_t partitio
     rd_kafka_headers_t* h = rd_kafka_headers_new(4);
     rd_kafka_header_add(h, "id", -1, id.data(), static_cast<ssize_t>(id.size()));
     rd_kafka_header_add(h, "type", -1, "OrderCreated", -1);
-    rd_kafka_header_add(h, outbox::header_commit_lsn.data(), -1, commit_text.data(),
-                        static_cast<ssize_t>(commit_text.size()));
-    rd_kafka_header_add(h, outbox::header_seq.data(), -1, seq_text.data(), static_cast<ssize_t>(seq_text.size()));
+    outbox::test::add_position_headers(h, commit_text, seq_text);
     for (;;) {
         const auto e = produce_raw(rk, topic, partition, &key, value, h);
         if (e == RD_KAFKA_RESP_ERR_NO_ERROR) return;
@@ -222,12 +190,15 @@ int main(int argc, char** argv) try {
         rk_ptr rk = make_producer(brokers, &failed);
         std::uint64_t n = 0;
         for (int p = 0; p < wide; ++p) {
+            // Appended rather than "k" + to_string(p): GCC 12 -O3 flags that with a false -Wrestrict.
+            std::string key = "k";
+            key += std::to_string(p);
             for (std::uint32_t k = 0; k < 5; ++k) {
                 // Two older transactions, then three at/above from: LSNs grow per partition.
                 const lsn commit{k < 2 ? from_value - (2 - k) * txn_lsn_step
                                        : from_value + static_cast<std::uint64_t>(p) * 3 * txn_lsn_step +
                                              (k - 2) * txn_lsn_step};
-                produce_one(rk.get(), topic, p, "k" + std::to_string(p), commit, 0, n++);
+                produce_one(rk.get(), topic, p, key, commit, 0, n++);
             }
         }
         flush_or_throw(rk.get(), failed);

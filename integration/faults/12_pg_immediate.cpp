@@ -18,19 +18,6 @@
 using namespace outbox::it::faults;
 
 namespace {
-// Brings Postgres back even when a REQUIRE fails between stop and start.
-struct pg_guard {
-    bool down = false;
-    ~pg_guard() {
-        if (down) {
-            try {
-                stack("pg-start");
-            } catch (...) {
-            }
-        }
-    }
-};
-
 // confirmed_flush_lsn of `slot` on a fresh connection (the scenario's admin
 // connection died with the server). nullopt when not readable yet.
 std::optional<std::uint64_t> confirmed_now(const std::string& slot) {
@@ -70,7 +57,7 @@ void run(const std::string& name, bool new_relay) {
     const std::uint64_t confirmed_before = sc.slot_info().confirmed_flush.value_or(0);
     const std::size_t rows_at_crash = w.rows();
     CHECK(!w.background_done());
-    pg_guard guard{true};
+    restart_guard guard{"pg-start", true};  // brings Postgres back if a REQUIRE fails while down
     stack("pg-stop immediate");
     if (new_relay) {
         first.kill9();

@@ -10,21 +10,6 @@
 
 using namespace outbox::it::faults;
 
-namespace {
-// Brings the broker back even when a REQUIRE fails mid-outage.
-struct broker_guard {
-    bool down = false;
-    ~broker_guard() {
-        if (down) {
-            try {
-                stack("kafka-start");
-            } catch (...) {
-            }
-        }
-    }
-};
-}  // namespace
-
 TEST_CASE("13_broker_sigkill") {
     const auto t0 = clock::now();
     topic_cleanup topics;  // destroyed after the scenario (relays stopped first)
@@ -45,7 +30,7 @@ TEST_CASE("13_broker_sigkill") {
     // Act: SIGKILL the broker while records are streaming, keep it down for
     // a few seconds of writing, start it again.
     const std::size_t rows_at_kill = w.rows();
-    broker_guard guard;
+    restart_guard guard{"kafka-start", false};  // brings the broker back if a REQUIRE fails mid-outage
     guard.down = true;
     stack("kafka-kill");
     const auto killed = clock::now();

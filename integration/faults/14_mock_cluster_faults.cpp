@@ -19,6 +19,7 @@
 // in flight per connection: the injected errors then exercise retries, the
 // outage and the fatal path without the mock's missing gap check.
 #include "faults_support.hpp"
+#include "kafka_test_support.hpp"
 
 #include "outbox_relay/config.hpp"
 #include "outbox_relay/io/log.hpp"
@@ -43,32 +44,7 @@ constexpr std::int16_t api_init_producer_id = 22;  // RD_KAFKAP_InitProducerId
 
 // A mock cluster owned by a throwaway handle; clients reach it through
 // bootstraps(). Must outlive every client using it.
-class mock_cluster {
-public:
-    explicit mock_cluster(int brokers) {
-        char errstr[256];
-        rd_kafka_conf_t* conf = rd_kafka_conf_new();
-        rd_kafka_conf_set(conf, "log_level", "2", errstr, sizeof errstr);  // "no bootstrap.servers" is expected
-        rk_ = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
-        if (!rk_) throw std::runtime_error(std::string("mock handle: ") + errstr);
-        mc_ = rd_kafka_mock_cluster_new(rk_, brokers);
-        if (!mc_) throw std::runtime_error("rd_kafka_mock_cluster_new failed");
-        bootstraps_ = rd_kafka_mock_cluster_bootstraps(mc_);
-    }
-    ~mock_cluster() {
-        rd_kafka_mock_cluster_destroy(mc_);
-        rd_kafka_destroy(rk_);
-    }
-    mock_cluster(const mock_cluster&) = delete;
-    mock_cluster& operator=(const mock_cluster&) = delete;
-    rd_kafka_mock_cluster_t* get() const { return mc_; }
-    const std::string& bootstraps() const { return bootstraps_; }
-
-private:
-    rd_kafka_t* rk_ = nullptr;
-    rd_kafka_mock_cluster_t* mc_ = nullptr;
-    std::string bootstraps_;
-};
+using outbox::test::mock_cluster;
 
 // The relay on its own io_context thread, as main.cpp runs it.
 class in_process_relay {

@@ -8,22 +8,6 @@
 
 using namespace outbox::it::scn;
 
-namespace {
-// Brings the broker back even when a REQUIRE fails mid-outage, so the next
-// scenario does not start against a stopped Kafka.
-struct broker_guard {
-    bool down = false;
-    ~broker_guard() {
-        if (down) {
-            try {
-                stack("kafka-start");
-            } catch (...) {
-            }
-        }
-    }
-};
-}  // namespace
-
 TEST_CASE("04_broker_outage") {
     scenario sc("04_broker_outage");
     auto& relay = sc.start_relay();
@@ -37,7 +21,7 @@ TEST_CASE("04_broker_outage") {
     REQUIRE_MESSAGE(before.missing == 0, before.summary());
 
     // Act: stop the broker, then write while it is down.
-    broker_guard guard;
+    restart_guard guard{"kafka-start", false};  // brings the broker back if a REQUIRE fails mid-outage
     stack("kafka-stop");
     guard.down = true;
     const auto outage_start = clock::now();

@@ -7,21 +7,6 @@
 
 using namespace outbox::it::scn;
 
-namespace {
-// Brings Postgres back even when a REQUIRE fails between stop and start.
-struct pg_guard {
-    bool down = false;
-    ~pg_guard() {
-        if (down) {
-            try {
-                stack("pg-start");
-            } catch (...) {
-            }
-        }
-    }
-};
-}  // namespace
-
 TEST_CASE("05_postgres_restart") {
     scenario sc("05_postgres_restart");
     auto& relay = sc.start_relay();
@@ -42,7 +27,7 @@ TEST_CASE("05_postgres_restart") {
     // Act: restart Postgres under both of them.
     const std::size_t rows_at_restart = w.rows();
     CHECK(!w.background_done());
-    pg_guard guard{true};
+    restart_guard guard{"pg-start", true};  // brings Postgres back if a REQUIRE fails while down
     stack("pg-restart fast");
     guard.down = false;
     const auto restarted = clock::now();

@@ -41,6 +41,14 @@ void stack(const std::string& verb) {
     outbox::it::stack(args);
 }
 
+restart_guard::~restart_guard() {
+    if (!down) return;
+    try {
+        stack(start_verb);
+    } catch (...) {
+    }
+}
+
 bool wait_until(clock::time_point deadline, const std::function<bool()>& pred, std::chrono::milliseconds poll) {
     for (;;) {
         try {

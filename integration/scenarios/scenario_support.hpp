@@ -37,6 +37,17 @@ const stack_env& env();
 // Runs `stack.sh <verb>` and throws if it exits non-zero. Blocking.
 void stack(const std::string& verb);
 
+// Brings a stopped stack server back on scope exit while `down` is set, so a
+// REQUIRE failing mid-outage does not leave Postgres or Kafka stopped for the
+// next scenario. `start_verb` is the stack.sh verb that restarts it
+// ("pg-start", "kafka-start"). The destructor runs it on the test thread and
+// swallows its failure (it may run during unwinding).
+struct restart_guard {
+    std::string start_verb;
+    bool down = false;
+    ~restart_guard();
+};
+
 // Polls `pred` every `poll` until it returns true (-> true) or `deadline`
 // passes (-> false). Exceptions from `pred` count as "not yet".
 bool wait_until(clock::time_point deadline, const std::function<bool()>& pred,

@@ -17,13 +17,13 @@
 
 #include <chrono>
 #include <cstdint>
-#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "harness.hpp"
+#include "kafka_test_checks.hpp"
 #include "outbox_relay/io/kafka_tail_scanner.hpp"
 #include "outbox_relay/outbox.hpp"
 
@@ -34,131 +34,32 @@ using outbox::io::scan_topic_tail;
 using outbox::io::tail_scan_options;
 using outbox::it::env_or_fail;
 using outbox::it::unique_name;
+using outbox::test::at;
+using outbox::test::check_exact;
+using outbox::test::count_without_position;
+using outbox::test::expected_positions;
+using outbox::test::headerless;
+using outbox::test::malformed;
+using outbox::test::produce_records;
+using outbox::test::require_delivered;
+using outbox::test::test_record;
 
 namespace {
 
 using steady = std::chrono::steady_clock;
 
-struct rk_destroy {
-    void operator()(rd_kafka_t* rk) const { rd_kafka_destroy(rk); }
-};
-using rk_ptr = std::unique_ptr<rd_kafka_t, rk_destroy>;
+// The produced value holds the commit LSN, like a relay payload would carry data.
+std::string lsn_value(const test_record& r) { return "{\"lsn\":\"" + r.lsn_text + "\"}"; }
 
-struct test_record {
-    int32_t partition = 0;
-    std::string lsn_text;
-    std::string seq_text;
-    bool no_headers = false;
-};
-
-test_record at(int32_t partition, std::uint64_t commit, std::uint32_t seq) {
-    return {partition, lsn{commit}.to_string(), std::to_string(seq), false};
-}
-test_record headerless(int32_t partition) { return {partition, "", "", true}; }
-test_record malformed(int32_t partition, std::string lsn_text, std::string seq_text) {
-    return {partition, std::move(lsn_text), std::move(seq_text), false};
-}
-
-struct delivery_count {
-    int ok = 0;
-    int failed = 0;
-};
-
-void on_delivery(rd_kafka_t*, const rd_kafka_message_t* m, void* opaque) {
-    auto* c = static_cast<delivery_count*>(opaque);
-    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
-        ++c->ok;
-    else
-        ++c->failed;
-}
-
-// rd_kafka_produceva instead of the producev macros: those expand to a GNU
-// statement expression that -Wpedantic (clang) flags. On success librdkafka
-// owns `hdrs`; on failure the caller still does.
-rd_kafka_resp_err_t produce_raw(rd_kafka_t* rk, const std::string& topic, int32_t partition, const std::string* key,
-                                const std::string& value, rd_kafka_headers_t* hdrs) {
-    std::vector<rd_kafka_vu_t> vus(5);
-    vus[0].vtype = RD_KAFKA_VTYPE_TOPIC;
-    vus[0].u.cstr = topic.c_str();
-    vus[1].vtype = RD_KAFKA_VTYPE_PARTITION;
-    vus[1].u.i32 = partition;
-    vus[2].vtype = RD_KAFKA_VTYPE_VALUE;
-    vus[2].u.mem = {const_cast<char*>(value.data()), value.size()};
-    vus[3].vtype = RD_KAFKA_VTYPE_MSGFLAGS;
-    vus[3].u.i = RD_KAFKA_MSG_F_COPY;
-    vus[4].vtype = RD_KAFKA_VTYPE_HEADERS;
-    vus[4].u.headers = hdrs;
-    if (key) {
-        rd_kafka_vu_t k;
-        k.vtype = RD_KAFKA_VTYPE_KEY;
-        k.u.mem = {const_cast<char*>(key->data()), key->size()};
-        vus.push_back(k);
-    }
-    rd_kafka_error_t* error = rd_kafka_produceva(rk, vus.data(), vus.size());
-    if (!error) return RD_KAFKA_RESP_ERR_NO_ERROR;
-    const rd_kafka_resp_err_t code = rd_kafka_error_code(error);
-    rd_kafka_error_destroy(error);
-    return code;
-}
-
-// Produces `recs` in order through an idempotent producer (per-partition order
-// kept, like the relay's) and waits until every one is acknowledged.
+// Produces `recs` in order through an idempotent acks=all producer (per-partition
+// order kept, like the relay's) and waits until every one is acknowledged.
 void produce(const std::string& brokers, const std::string& topic, const std::vector<test_record>& recs) {
-    char err[512];
-    delivery_count count;
-    rd_kafka_conf_t* conf = rd_kafka_conf_new();
-    for (auto [k, v] : {std::pair{"bootstrap.servers", brokers.c_str()}, {"enable.idempotence", "true"},
-                        {"acks", "all"}, {"linger.ms", "1"}})
-        REQUIRE_MESSAGE(rd_kafka_conf_set(conf, k, v, err, sizeof err) == RD_KAFKA_CONF_OK, err);
-    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-    rd_kafka_conf_set_opaque(conf, &count);
-    rk_ptr rk{rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err)};
-    REQUIRE_MESSAGE(rk, err);
-    for (const auto& r : recs) {
-        const std::string value = "{\"lsn\":\"" + r.lsn_text + "\"}";
-        rd_kafka_headers_t* hdrs = rd_kafka_headers_new(3);
-        rd_kafka_header_add(hdrs, "id", -1, "event-id", -1);
-        if (!r.no_headers) {
-            rd_kafka_header_add(hdrs, outbox::header_commit_lsn.data(), -1, r.lsn_text.data(),
-                                static_cast<ssize_t>(r.lsn_text.size()));
-            rd_kafka_header_add(hdrs, outbox::header_seq.data(), -1, r.seq_text.data(),
-                                static_cast<ssize_t>(r.seq_text.size()));
-        }
-        const auto e = produce_raw(rk.get(), topic, r.partition, nullptr, value, hdrs);
-        if (e != RD_KAFKA_RESP_ERR_NO_ERROR) rd_kafka_headers_destroy(hdrs);
-        REQUIRE_MESSAGE(e == RD_KAFKA_RESP_ERR_NO_ERROR, rd_kafka_err2str(e));
-    }
-    REQUIRE(rd_kafka_flush(rk.get(), 60000) == RD_KAFKA_RESP_ERR_NO_ERROR);
-    REQUIRE(count.failed == 0);
-    REQUIRE(count.ok == static_cast<int>(recs.size()));
-}
-
-std::vector<record_position> expected_positions(const std::vector<test_record>& recs, lsn from) {
-    std::vector<record_position> out;
-    for (const auto& r : recs) {
-        if (r.no_headers) continue;
-        auto p = outbox::parse_position(r.lsn_text, r.seq_text);
-        if (p && p->commit_lsn >= from) out.push_back(*p);
-    }
-    return out;
-}
-
-std::size_t count_without_position(const std::vector<test_record>& recs) {
-    std::size_t n = 0;
-    for (const auto& r : recs)
-        if (r.no_headers || !outbox::parse_position(r.lsn_text, r.seq_text)) ++n;
-    return n;
-}
-
-void check_exact(const outbox::position_set& present, const std::vector<record_position>& want) {
-    outbox::position_set w;
-    for (const auto& p : want) w.insert(p);
-    CHECK(present.size() == w.size());
-    for (const auto& p : want) {
-        CAPTURE(p.commit_lsn.to_string());
-        CAPTURE(p.seq);
-        CHECK(present.contains(p));
-    }
+    const auto out = produce_records(brokers, topic, recs,
+                                     {.properties = {{"acks", "all"}, {"linger.ms", "1"}},
+                                      .id_header = "event-id",
+                                      .value_of = lsn_value,
+                                      .flush_timeout_ms = 60000});
+    require_delivered(out, recs.size());
 }
 
 // LSNs in the range a real server uses, so X/X has both halves non-zero.

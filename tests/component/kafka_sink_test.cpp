@@ -4,6 +4,8 @@
 // condition with a deadline; a missed deadline fails the test.
 #include "outbox_relay/io/kafka_sink.hpp"
 
+#include "kafka_test_support.hpp"
+
 #include <boost/asio/io_context.hpp>
 #include <doctest/doctest.h>
 #include <librdkafka/rdkafka.h>
@@ -46,39 +48,17 @@ void run_for(boost::asio::io_context& ioc, std::chrono::milliseconds d) {
     run_until(ioc, [] { return false; }, d);
 }
 
-// A mock cluster owned by a throwaway producer handle; other clients reach it
-// through bootstraps().
-class mock_cluster {
+// The shared mock cluster (other clients reach it through bootstraps()) plus
+// what these tests do to it.
+class mock_cluster : public outbox::test::mock_cluster {
 public:
-    explicit mock_cluster(int brokers) {
-        char errstr[256];
-        rd_kafka_conf_t* conf = rd_kafka_conf_new();
-        rd_kafka_conf_set(conf, "log_level", "2", errstr, sizeof errstr);  // "no bootstrap.servers" is expected
-        rk_ = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
-        REQUIRE(rk_ != nullptr);
-        mc_ = rd_kafka_mock_cluster_new(rk_, brokers);
-        REQUIRE(mc_ != nullptr);
-        bootstraps_ = rd_kafka_mock_cluster_bootstraps(mc_);
-    }
-    ~mock_cluster() {
-        rd_kafka_mock_cluster_destroy(mc_);
-        rd_kafka_destroy(rk_);
-    }
-    mock_cluster(const mock_cluster&) = delete;
-    mock_cluster& operator=(const mock_cluster&) = delete;
+    explicit mock_cluster(int brokers) : outbox::test::mock_cluster(brokers) {}
 
-    rd_kafka_mock_cluster_t* get() const { return mc_; }
-    const std::string& bootstraps() const { return bootstraps_; }
     void create_topic(const std::string& topic, int partitions) {
-        REQUIRE(rd_kafka_mock_topic_create(mc_, topic.c_str(), partitions, 1) == RD_KAFKA_RESP_ERR_NO_ERROR);
+        REQUIRE(rd_kafka_mock_topic_create(get(), topic.c_str(), partitions, 1) == RD_KAFKA_RESP_ERR_NO_ERROR);
     }
-    void all_down() { REQUIRE(rd_kafka_mock_broker_set_down(mc_, -1) == RD_KAFKA_RESP_ERR_NO_ERROR); }
-    void all_up() { REQUIRE(rd_kafka_mock_broker_set_up(mc_, -1) == RD_KAFKA_RESP_ERR_NO_ERROR); }
-
-private:
-    rd_kafka_t* rk_ = nullptr;
-    rd_kafka_mock_cluster_t* mc_ = nullptr;
-    std::string bootstraps_;
+    void all_down() { REQUIRE(rd_kafka_mock_broker_set_down(get(), -1) == RD_KAFKA_RESP_ERR_NO_ERROR); }
+    void all_up() { REQUIRE(rd_kafka_mock_broker_set_up(get(), -1) == RD_KAFKA_RESP_ERR_NO_ERROR); }
 };
 
 // Collects reports and checks the per-report invariants as they arrive.

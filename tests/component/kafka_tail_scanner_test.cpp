@@ -9,13 +9,14 @@
 #include "outbox_relay/io/kafka_tail_scanner.hpp"
 #include "outbox_relay/outbox.hpp"
 
+#include "kafka_test_checks.hpp"
+
 #include <doctest/doctest.h>
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 
 #include <chrono>
 #include <cstdint>
-#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -28,176 +29,53 @@ using outbox::lsn;
 using outbox::record_position;
 using outbox::io::scan_topic_tail;
 using outbox::io::tail_scan_options;
+using outbox::test::at;
+using outbox::test::check_exact;
+using outbox::test::count_without_position;
+using outbox::test::expected_positions;
+using outbox::test::headerless;
+using outbox::test::malformed;
+using outbox::test::produce_records;
+using outbox::test::require_delivered;
+using outbox::test::test_record;
 using steady = std::chrono::steady_clock;
-
-struct rk_destroy {
-    void operator()(rd_kafka_t* rk) const { rd_kafka_destroy(rk); }
-};
-using rk_ptr = std::unique_ptr<rd_kafka_t, rk_destroy>;
 
 constexpr int32_t broker_count = 3;
 
-// A mock cluster living inside a client handle of its own; the scanner and the
-// test producer reach it over loopback like a real cluster.
-class mock_cluster {
+// The shared mock cluster (the scanner and the test producer reach it over
+// loopback like a real cluster) plus what these tests set up on it.
+class mock_cluster : public outbox::test::mock_cluster {
 public:
-    mock_cluster() {
-        char err[512];
-        rd_kafka_conf_t* conf = rd_kafka_conf_new();
-        REQUIRE(rd_kafka_conf_set(conf, "log_level", "3", err, sizeof err) == RD_KAFKA_CONF_OK);
-        owner_.reset(rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err));
-        REQUIRE_MESSAGE(owner_, err);
-        mc_ = rd_kafka_mock_cluster_new(owner_.get(), broker_count);
-        REQUIRE(mc_ != nullptr);
-    }
-    ~mock_cluster() {
-        // The cluster must go before the instance that owns it.
-        if (mc_) rd_kafka_mock_cluster_destroy(mc_);
-    }
-    mock_cluster(const mock_cluster&) = delete;
-    mock_cluster& operator=(const mock_cluster&) = delete;
+    mock_cluster() : outbox::test::mock_cluster(broker_count, "3") {}
 
     // Partitions led round-robin by all brokers, so the scan talks to each.
     void create_topic(const std::string& topic, int partitions) {
-        REQUIRE(rd_kafka_mock_topic_create(mc_, topic.c_str(), partitions, broker_count) ==
+        REQUIRE(rd_kafka_mock_topic_create(get(), topic.c_str(), partitions, broker_count) ==
                 RD_KAFKA_RESP_ERR_NO_ERROR);
         for (int32_t p = 0; p < partitions; ++p)
-            REQUIRE(rd_kafka_mock_partition_set_leader(mc_, topic.c_str(), p, p % broker_count + 1) ==
+            REQUIRE(rd_kafka_mock_partition_set_leader(get(), topic.c_str(), p, p % broker_count + 1) ==
                     RD_KAFKA_RESP_ERR_NO_ERROR);
     }
     void all_brokers_down() {
         for (int32_t b = 1; b <= broker_count; ++b)
-            REQUIRE(rd_kafka_mock_broker_set_down(mc_, b) == RD_KAFKA_RESP_ERR_NO_ERROR);
+            REQUIRE(rd_kafka_mock_broker_set_down(get(), b) == RD_KAFKA_RESP_ERR_NO_ERROR);
     }
     void topic_error(const std::string& topic, rd_kafka_resp_err_t err) {
-        rd_kafka_mock_topic_set_error(mc_, topic.c_str(), err);
+        rd_kafka_mock_topic_set_error(get(), topic.c_str(), err);
     }
-    std::string bootstraps() const { return rd_kafka_mock_cluster_bootstraps(mc_); }
-
-private:
-    rk_ptr owner_;
-    rd_kafka_mock_cluster_t* mc_ = nullptr;
 };
 
-// One record to produce: its partition and, unless `no_headers`, the two
-// position headers as text (kept as text so malformed values can be written).
-struct test_record {
-    int32_t partition = 0;
-    std::string lsn_text;
-    std::string seq_text;
-    bool no_headers = false;
-};
-
-test_record at(int32_t partition, std::uint64_t commit, std::uint32_t seq) {
-    return {partition, lsn{commit}.to_string(), std::to_string(seq), false};
-}
-test_record headerless(int32_t partition) { return {partition, "", "", true}; }
-test_record malformed(int32_t partition, std::string lsn_text, std::string seq_text) {
-    return {partition, std::move(lsn_text), std::move(seq_text), false};
-}
-
-struct delivery_count {
-    int ok = 0;
-    int failed = 0;
-};
-
-void on_delivery(rd_kafka_t*, const rd_kafka_message_t* m, void* opaque) {
-    auto* c = static_cast<delivery_count*>(opaque);
-    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
-        ++c->ok;
-    else
-        ++c->failed;
-}
-
-// rd_kafka_produceva instead of the producev macros: those expand to a GNU
-// statement expression that -Wpedantic (clang) flags. On success librdkafka
-// owns `hdrs`; on failure the caller still does.
-rd_kafka_resp_err_t produce_raw(rd_kafka_t* rk, const std::string& topic, int32_t partition, const std::string* key,
-                                const std::string& value, rd_kafka_headers_t* hdrs) {
-    std::vector<rd_kafka_vu_t> vus(5);
-    vus[0].vtype = RD_KAFKA_VTYPE_TOPIC;
-    vus[0].u.cstr = topic.c_str();
-    vus[1].vtype = RD_KAFKA_VTYPE_PARTITION;
-    vus[1].u.i32 = partition;
-    vus[2].vtype = RD_KAFKA_VTYPE_VALUE;
-    vus[2].u.mem = {const_cast<char*>(value.data()), value.size()};
-    vus[3].vtype = RD_KAFKA_VTYPE_MSGFLAGS;
-    vus[3].u.i = RD_KAFKA_MSG_F_COPY;
-    vus[4].vtype = RD_KAFKA_VTYPE_HEADERS;
-    vus[4].u.headers = hdrs;
-    if (key) {
-        rd_kafka_vu_t k;
-        k.vtype = RD_KAFKA_VTYPE_KEY;
-        k.u.mem = {const_cast<char*>(key->data()), key->size()};
-        vus.push_back(k);
-    }
-    rd_kafka_error_t* error = rd_kafka_produceva(rk, vus.data(), vus.size());
-    if (!error) return RD_KAFKA_RESP_ERR_NO_ERROR;
-    const rd_kafka_resp_err_t code = rd_kafka_error_code(error);
-    rd_kafka_error_destroy(error);
-    return code;
-}
+std::string payload_value(const test_record& r) { return "payload-" + r.lsn_text + "-" + r.seq_text; }
 
 // Produces `recs` in order (the idempotent producer keeps per-partition order)
 // and waits until every one is acknowledged.
 void produce(const std::string& brokers, const std::string& topic, const std::vector<test_record>& recs) {
-    char err[512];
-    delivery_count count;
-    rd_kafka_conf_t* conf = rd_kafka_conf_new();
-    for (auto [k, v] : {std::pair{"bootstrap.servers", brokers.c_str()}, {"enable.idempotence", "true"},
-                        {"linger.ms", "1"}, {"log_level", "3"}})
-        REQUIRE_MESSAGE(rd_kafka_conf_set(conf, k, v, err, sizeof err) == RD_KAFKA_CONF_OK, err);
-    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-    rd_kafka_conf_set_opaque(conf, &count);
-    rk_ptr rk{rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err)};
-    REQUIRE_MESSAGE(rk, err);
-    for (const auto& r : recs) {
-        const std::string value = "payload-" + r.lsn_text + "-" + r.seq_text;
-        rd_kafka_headers_t* hdrs = rd_kafka_headers_new(3);
-        rd_kafka_header_add(hdrs, "id", -1, "some-id", -1);
-        if (!r.no_headers) {
-            rd_kafka_header_add(hdrs, outbox::header_commit_lsn.data(), -1, r.lsn_text.data(),
-                                static_cast<ssize_t>(r.lsn_text.size()));
-            rd_kafka_header_add(hdrs, outbox::header_seq.data(), -1, r.seq_text.data(),
-                                static_cast<ssize_t>(r.seq_text.size()));
-        }
-        const auto e = produce_raw(rk.get(), topic, r.partition, nullptr, value, hdrs);
-        if (e != RD_KAFKA_RESP_ERR_NO_ERROR) rd_kafka_headers_destroy(hdrs);  // not taken over on failure
-        REQUIRE_MESSAGE(e == RD_KAFKA_RESP_ERR_NO_ERROR, rd_kafka_err2str(e));
-    }
-    REQUIRE(rd_kafka_flush(rk.get(), 30000) == RD_KAFKA_RESP_ERR_NO_ERROR);
-    REQUIRE(count.failed == 0);
-    REQUIRE(count.ok == static_cast<int>(recs.size()));
-}
-
-// Positions >= from among `recs` that carry well-formed headers.
-std::vector<record_position> expected_positions(const std::vector<test_record>& recs, lsn from) {
-    std::vector<record_position> out;
-    for (const auto& r : recs) {
-        if (r.no_headers) continue;
-        auto p = outbox::parse_position(r.lsn_text, r.seq_text);
-        if (p && p->commit_lsn >= from) out.push_back(*p);
-    }
-    return out;
-}
-
-std::size_t count_without_position(const std::vector<test_record>& recs) {
-    std::size_t n = 0;
-    for (const auto& r : recs)
-        if (r.no_headers || !outbox::parse_position(r.lsn_text, r.seq_text)) ++n;
-    return n;
-}
-
-// Checks that `present` holds exactly `want` (same size, every element in).
-void check_exact(const outbox::position_set& present, const std::vector<record_position>& want) {
-    outbox::position_set w;
-    for (const auto& p : want) w.insert(p);
-    CHECK(present.size() == w.size());
-    for (const auto& p : want) {
-        CAPTURE(p.commit_lsn.to_string());
-        CAPTURE(p.seq);
-        CHECK(present.contains(p));
-    }
+    const auto out = produce_records(brokers, topic, recs,
+                                     {.properties = {{"linger.ms", "1"}, {"log_level", "3"}},
+                                      .id_header = "some-id",
+                                      .value_of = payload_value,
+                                      .flush_timeout_ms = 30000});
+    require_delivered(out, recs.size());
 }
 
 constexpr std::uint64_t from_value = 0x10000;

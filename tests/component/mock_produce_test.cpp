@@ -6,6 +6,8 @@
 //
 // The producer is used raw here (not through kafka_sink) on purpose: these tests pin
 // the library's behaviour, so a failure tells "librdkafka/mock" apart from "our sink".
+#include "kafka_test_support.hpp"
+
 #include <doctest/doctest.h>
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
@@ -32,10 +34,7 @@ constexpr int key_count = 64;
 
 std::string key_of(int seq) { return "key-" + std::to_string(seq % key_count); }
 
-struct rk_destroy {
-    void operator()(rd_kafka_t* rk) const { rd_kafka_destroy(rk); }
-};
-using rk_ptr = std::unique_ptr<rd_kafka_t, rk_destroy>;
+using outbox::test::rk_ptr;
 
 rk_ptr make_client(rd_kafka_type_t type, const std::map<std::string, std::string>& props,
                    const std::function<void(rd_kafka_conf_t*)>& extra = {}) {
@@ -53,44 +52,28 @@ rk_ptr make_client(rd_kafka_type_t type, const std::map<std::string, std::string
     return rk;
 }
 
-// A 3-broker mock cluster with one topic whose partitions are led round-robin by
-// all brokers, so errors pushed on every broker's stack are all reached.
-class mock_cluster {
+// A 3-broker mock cluster (the shared one: the producer and consumer under test
+// connect to it over loopback like to a real cluster) with one topic whose
+// partitions are led round-robin by all brokers, so errors pushed on every
+// broker's stack are all reached.
+class mock_cluster : public outbox::test::mock_cluster {
 public:
-    explicit mock_cluster(const std::string& topic) {
-        // The cluster lives inside a client instance of its own; the producer and
-        // consumer under test connect to it over loopback like to a real cluster.
-        owner_ = make_client(RD_KAFKA_PRODUCER, {{"log_level", "3"}});
-        mc_ = rd_kafka_mock_cluster_new(owner_.get(), broker_count);
-        REQUIRE(mc_ != nullptr);
-        REQUIRE(rd_kafka_mock_topic_create(mc_, topic.c_str(), partition_count, broker_count) ==
+    explicit mock_cluster(const std::string& topic) : outbox::test::mock_cluster(broker_count, "3") {
+        REQUIRE(rd_kafka_mock_topic_create(get(), topic.c_str(), partition_count, broker_count) ==
                 RD_KAFKA_RESP_ERR_NO_ERROR);
         for (int32_t p = 0; p < partition_count; ++p) {
-            REQUIRE(rd_kafka_mock_partition_set_leader(mc_, topic.c_str(), p, p % broker_count + 1) ==
+            REQUIRE(rd_kafka_mock_partition_set_leader(get(), topic.c_str(), p, p % broker_count + 1) ==
                     RD_KAFKA_RESP_ERR_NO_ERROR);
         }
     }
-    ~mock_cluster() {
-        // The cluster must go before the instance that owns it.
-        if (mc_) rd_kafka_mock_cluster_destroy(mc_);
-    }
-    mock_cluster(const mock_cluster&) = delete;
-    mock_cluster& operator=(const mock_cluster&) = delete;
-
-    rd_kafka_mock_cluster_t* get() const { return mc_; }
-    std::string bootstraps() const { return rd_kafka_mock_cluster_bootstraps(mc_); }
 
     // Injected Produce errors not yet served by broker `id`.
     size_t pending_produce_errors(int32_t id) const {
         size_t cnt = 0;
-        REQUIRE(rd_kafka_mock_broker_error_stack_cnt(mc_, id, api_produce, &cnt) ==
+        REQUIRE(rd_kafka_mock_broker_error_stack_cnt(get(), id, api_produce, &cnt) ==
                 RD_KAFKA_RESP_ERR_NO_ERROR);
         return cnt;
     }
-
-private:
-    rk_ptr owner_;
-    rd_kafka_mock_cluster_t* mc_ = nullptr;
 };
 
 struct report {
