@@ -30,12 +30,20 @@ namespace {
 using clock = std::chrono::steady_clock;
 constexpr const char* mod = "relay";
 
+// One Kafka record as the relay sends it: the mapped row plus its position.
+struct record_view {
+    std::string_view topic, key, value, id, type, commit_lsn, seq;
+    bool key_null = false, value_null = false;
+};
+
 // A record that could not be handed to librdkafka yet (its queue was full):
 // owned copies, since the replication payload dies with the callback.
 struct parked_record {
     std::string topic, key, value, id, type, commit_lsn, seq;
     bool key_null = false, value_null = false;
     checkpoint_tracker::txn_id txn = 0;
+
+    record_view view() const { return {topic, key, value, id, type, commit_lsn, seq, key_null, value_null}; }
 };
 
 }  // namespace
@@ -424,26 +432,10 @@ struct relay::impl {
         auto txn = tracker_.add_record();
         metrics_.records_produced.inc();
 
-        if (!parked_.empty()) {
-            park(*rec, seq_text, txn);
-            return;
-        }
-        const kafka_header headers[] = {{header_id, rec->id},
-                                        {header_type, rec->type},
-                                        {header_commit_lsn, current_commit_lsn_},
-                                        {header_seq, seq_text}};
-        kafka_message m{rec->topic, rec->key, rec->key_null, rec->value, rec->value_null, headers};
-        switch (sink_->produce(m, txn)) {
-            case kafka_sink::produce_result::ok:
-                update_backpressure();
-                return;
-            case kafka_sink::produce_result::queue_full:
-                park(*rec, seq_text, txn);
-                return;
-            case kafka_sink::produce_result::fatal:
-                restart_producer("producer in fatal state");
-                return;
-        }
+        const record_view r{rec->topic, rec->key, rec->value, rec->id, rec->type, current_commit_lsn_,
+                            seq_text, rec->key_null, rec->value_null};
+        // Records queue behind parked ones, so that per-key order holds.
+        if (!parked_.empty() || !produce(r, txn)) park(r, txn);
     }
 
     void handle(const pgoutput::update&, const walsender::xlog_data&) { metrics_.ignored_update.inc(); }
@@ -501,28 +493,37 @@ struct relay::impl {
 
     // ---- backpressure ----------------------------------------------------
 
-    void park(const outbox_record& r, std::string_view seq, checkpoint_tracker::txn_id txn) {
-        parked_.push_back(parked_record{r.topic, std::string(r.key), std::string(r.value), std::string(r.id),
-                                        std::string(r.type), current_commit_lsn_, std::string(seq), r.key_null,
-                                        r.value_null, txn});
+    // Hands one record to the producer. False when librdkafka's queue is full
+    // (the caller parks it); a producer in fatal state restarts the stream
+    // (the record is replayed then) and counts as handed over.
+    bool produce(const record_view& r, checkpoint_tracker::txn_id txn) {
+        const kafka_header headers[] = {
+            {header_id, r.id}, {header_type, r.type}, {header_commit_lsn, r.commit_lsn}, {header_seq, r.seq}};
+        const kafka_message m{r.topic, r.key, r.key_null, r.value, r.value_null, headers};
+        switch (sink_->produce(m, txn)) {
+            case kafka_sink::produce_result::ok:
+                update_backpressure();
+                return true;
+            case kafka_sink::produce_result::queue_full:
+                return false;
+            case kafka_sink::produce_result::fatal:
+                restart_producer("producer in fatal state");
+                return true;
+        }
+        return true;
+    }
+
+    void park(const record_view& r, checkpoint_tracker::txn_id txn) {
+        parked_.push_back(parked_record{std::string(r.topic), std::string(r.key), std::string(r.value),
+                                        std::string(r.id), std::string(r.type), std::string(r.commit_lsn),
+                                        std::string(r.seq), r.key_null, r.value_null, txn});
         if (stream_) stream_->pause_reading();
         set_backpressure(true);
     }
 
     void retry_parked() {
-        while (!parked_.empty() && sink_) {
-            auto& p = parked_.front();
-            const kafka_header headers[] = {{header_id, p.id},
-                                            {header_type, p.type},
-                                            {header_commit_lsn, p.commit_lsn},
-                                            {header_seq, p.seq}};
-            kafka_message m{p.topic, p.key, p.key_null, p.value, p.value_null, headers};
-            auto res = sink_->produce(m, p.txn);
-            if (res == kafka_sink::produce_result::queue_full) return;
-            if (res == kafka_sink::produce_result::fatal) {
-                restart_producer("producer in fatal state");
-                return;
-            }
+        while (!parked_.empty() && sink_ && !restarting_producer_) {
+            if (!produce(parked_.front().view(), parked_.front().txn)) return;
             parked_.pop_front();
         }
     }
