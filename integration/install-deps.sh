@@ -20,6 +20,8 @@ packages=(
     kcat
     # stack.sh uses runuser, flock (util-linux) and pgrep (procps)
     util-linux procps
+    # bench/relay_drain_rate.sh reads /metrics and does arithmetic
+    curl bc
 )
 
 # One dpkg-query for all of them; unknown packages print nothing and count as missing.
