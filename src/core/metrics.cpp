@@ -300,14 +300,14 @@ relay_metrics::relay_metrics()
           "outbox_relay_backpressure_active",
           "1 while reading from Postgres is paused because in-flight limits are reached, else 0.")),
       pg_reconnects(registry.add_counter("outbox_relay_pg_reconnects_total",
-                                         "Replication connections re-established after a loss.")),
+                                         "Replication connections lost (each is followed by a reconnect with backoff).")),
       producer_recreated(registry.add_counter("outbox_relay_producer_recreated_total",
                                               "Kafka producers recreated after a fatal producer error.")),
       status_updates_sent(registry.add_counter("outbox_relay_status_updates_sent_total",
                                                "Standby status updates sent to Postgres.")),
       commit_to_ack(registry.add_histogram(
           "outbox_relay_commit_to_ack_seconds",
-          "Seconds from the Postgres commit timestamp of a record's transaction to its Kafka ack.",
+          "Seconds from a transaction's Postgres commit timestamp until every record of it is acked and confirmable.",
           std::vector<double>(std::begin(commit_to_ack_buckets), std::end(commit_to_ack_buckets)))) {}
 
 }  // namespace outbox
