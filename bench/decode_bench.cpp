@@ -42,7 +42,7 @@ int main(int argc, char** argv) {
             if (x == nullptr) continue;
             auto m = d.decode(x->payload);
             if (!m) {
-                std::fprintf(stderr, "decode_bench: decode error %s\n", m.error().message().c_str());
+                std::fprintf(stderr, "decode_bench: decode error %s\n", m.error().describe().c_str());
                 return 2;
             }
             ++messages;

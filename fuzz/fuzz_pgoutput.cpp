@@ -46,8 +46,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         in.remove_prefix(len);
         auto r = d.decode(payload);
         if (!r) {
-            // The error site must name an offset inside the message.
-            if (d.last_error_site().offset > payload.size()) __builtin_trap();
+            // The error must name an offset inside the message.
+            if (r.error().offset > payload.size()) __builtin_trap();
             continue;
         }
         std::visit(

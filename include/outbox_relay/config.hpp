@@ -1,11 +1,15 @@
 #pragma once
 // Relay configuration: JSON file < environment < command-line flags.
-// Every option has a flag (--name), an env variable (OUTBOX_RELAY_NAME, dashes
-// become underscores, upper case) and a JSON key (name with dashes). Errors
-// name the key and the source it came from. librdkafka properties: -X
-// prop=value, JSON "kafka": {"prop": "value"}, env OUTBOX_RELAY_KAFKA_<PROP>
-// ('.' -> '_'). Unknown JSON keys, OUTBOX_RELAY_* variables and flags are
-// errors; "config" / OUTBOX_RELAY_CONFIG (the file path) are skipped.
+//
+// One option table (options()) drives every layer: the CLI flags and --help
+// (main.cpp), the environment, the JSON file and the defaults. Every option
+// has a flag (--name), an env variable (OUTBOX_RELAY_NAME, dashes become
+// underscores, upper case) and a JSON key (the name). Defaults live in one
+// place, the member initialisers of relay_config; the table prints them.
+// librdkafka properties: -X prop=value, JSON "kafka": {"prop": "value"}, env
+// OUTBOX_RELAY_KAFKA_<PROP> ('.' -> '_'). Unknown JSON keys, OUTBOX_RELAY_*
+// variables and flags are errors; "config" / OUTBOX_RELAY_CONFIG (the file
+// path) are skipped.
 #include "outbox_relay/errc.hpp"
 #include "outbox_relay/outbox.hpp"
 
@@ -13,7 +17,9 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -34,31 +40,47 @@ struct relay_config {
     std::chrono::milliseconds status_interval{10'000};
     std::chrono::milliseconds drain_timeout{30'000};
     std::chrono::milliseconds reconnect_backoff_max{10'000};
+    std::chrono::milliseconds scan_timeout{60'000};          // bound on one exactly-once tail scan
+    std::chrono::milliseconds pg_silence_timeout{30'000};    // nothing heard from Postgres this long: connection dead
+    unsigned producer_restart_limit = 10;     // fatal producer errors in a row (no ack between) before exit 25
     std::string metrics_listen;               // "host:port", empty = off
     std::string log_level = "info";
     bool create_slot = true;                  // create publication + slot when missing
 };
 
-// One raw option value and where it came from, for error messages.
-struct config_source_value {
-    std::string value;
-    std::string source;  // e.g. "--slot", "OUTBOX_RELAY_SLOT", "relay.json:slot"
+// One option of the table. `apply` parses a raw value into the config and
+// returns an empty string, or says what is wrong with it (one line; never
+// echoing a secret). `show` prints the option's current value (the default,
+// for relay_config{}) as `apply` would read it back.
+struct option_spec {
+    std::string_view name;
+    std::string_view help;
+    bool required = false;
+    bool secret = false;  // value never printed
+    std::string (*apply)(relay_config&, const std::string& value);
+    std::string (*show)(const relay_config&);
 };
 
-struct config_error {
-    std::string key;      // the option, e.g. "max-inflight-records"
-    std::string source;   // where the bad value came from
-    std::string message;  // what is wrong, one line
-};
+// The option table, in --help order.
+std::span<const option_spec> options() noexcept;
+
+// OUTBOX_RELAY_<NAME> for option `name`.
+std::string env_name_of(std::string_view name);
 
 // Builds the configuration. `file_json` is the text of --config (empty when
 // none), `env` the process environment (only OUTBOX_RELAY_* are read), `flags`
 // the parsed command-line options in order (name without dashes -> value;
-// "X" may repeat). On error returns errc::bad_config and fills *err.
+// "X" may repeat). Errors are errc::bad_config with error::field = the option
+// key (or the unknown name as given), error::source = where the value came
+// from and error::message = what is wrong.
 result<relay_config> build_config(std::string_view file_json, std::string_view file_name,
                                   const std::map<std::string, std::string>& env,
-                                  const std::vector<std::pair<std::string, std::string>>& flags,
-                                  config_error* err);
+                                  const std::vector<std::pair<std::string, std::string>>& flags);
+
+// Why the relay refuses a user setting of librdkafka property `name`, or an
+// empty view when it may be set. One list for the config layer (which names
+// the source) and the Kafka sink (which forces these last).
+std::string_view refused_kafka_property(std::string_view name) noexcept;
 
 // The conninfo with any password replaced by "********" (key=value and URI forms).
 std::string redact_conninfo(std::string_view conninfo);

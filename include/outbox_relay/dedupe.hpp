@@ -2,7 +2,7 @@
 // Positions of records the relay produced, for skipping what a replayed window
 // already delivered (ARCHITECTURE.md invariant 6).
 //
-// Every record carries two headers (outbox.hpp):
+// Every record carries two headers, formatted and parsed here (and nowhere else):
 //   outbox-relay.commit-lsn  X/X text of the transaction's commit LSN (Begin.final_lsn)
 //   outbox-relay.seq         decimal index of the record inside its transaction, from 0
 // Together they name the record's place in the WAL: (commit_lsn, seq) is unique
@@ -22,6 +22,9 @@
 
 namespace outbox {
 
+inline constexpr std::string_view header_commit_lsn = "outbox-relay.commit-lsn";  // Begin.final_lsn, X/X
+inline constexpr std::string_view header_seq = "outbox-relay.seq";                 // index in txn, decimal
+
 struct record_position {
     lsn commit_lsn;
     std::uint32_t seq = 0;
@@ -40,6 +43,19 @@ struct record_position_hash {
 // 1+ decimal digits without sign or spaces whose value fits in 32 bits
 // (errc::bad_value otherwise). Pure; the views need only live for the call.
 result<record_position> parse_position(std::string_view lsn_text, std::string_view seq_text) noexcept;
+
+// The header values of one position, in its own small buffers (no allocation).
+class position_text {
+public:
+    explicit position_text(const record_position& p) noexcept;
+    std::string_view commit_lsn() const noexcept { return {lsn_, lsn_len_}; }
+    std::string_view seq() const noexcept { return {seq_, seq_len_}; }
+
+private:
+    char lsn_[17];  // "FFFFFFFF/FFFFFFFF"
+    char seq_[10];  // 4294967295
+    std::size_t lsn_len_ = 0, seq_len_ = 0;
+};
 
 // A set of record positions. Not thread-safe: one thread at a time (the scanner
 // fills it, then hands it to the loop thread by move).
@@ -63,6 +79,9 @@ public:
     void erase_below(lsn bound) noexcept;
 
     void clear() noexcept { set_.clear(); }
+
+    // The highest commit LSN in the set (0/0 when empty). O(size).
+    lsn max_commit_lsn() const noexcept;
 
 private:
     std::unordered_set<record_position, record_position_hash> set_;

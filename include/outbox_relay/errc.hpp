@@ -1,11 +1,14 @@
 #pragma once
-// Error codes of the pure core. Pure code returns boost::system::result<T>
-// carrying one of these; it never throws and never logs.
-#include <boost/system/error_code.hpp>
+// The one error idiom of the pure core: a fallible function returns
+// outbox::result<T>, which holds either the value or an outbox::error that
+// carries the detail of what went wrong (code, and where: protocol field and
+// byte offset, mapped column, or configuration key and source). Pure code
+// never throws, never logs and has no out-parameters for errors.
 #include <boost/system/result.hpp>
 
+#include <cstddef>
 #include <string>
-#include <system_error>
+#include <string_view>
 
 namespace outbox {
 
@@ -30,22 +33,47 @@ enum class errc : int {
     null_column,               // a mapped column that must be set is NULL
     unchanged_toast_column,    // a mapped column came as 'u' (unchanged TOAST)
     bad_topic_template,
+    invalid_topic,             // a routed topic name Kafka would refuse
     // checkpoint
     lsn_went_backwards,
 };
 
-const boost::system::error_category& core_category() noexcept;
+// One line describing `e`, e.g. "input truncated inside a field".
+std::string_view errc_message(errc e) noexcept;
 
-inline boost::system::error_code make_error_code(errc e) noexcept {
-    return {static_cast<int>(e), core_category()};
-}
+// What went wrong, and where. Only the members that apply are set:
+//   decoding   tag, field (protocol field name), offset (bytes into the message)
+//   mapping    field (the column, or the topic template)
+//   config     field (the option key, or the unknown name as given), source
+//              ("--slot", "OUTBOX_RELAY_SLOT", "relay.json:slot"), message
+//              (what is wrong with the value)
+// Errors are built on failure paths only, so owning the strings costs the
+// success path nothing.
+struct error {
+    errc code = errc::ok;
+    std::string field;
+    std::size_t offset = 0;
+    char tag = 0;
+    std::string source;
+    std::string message;
+
+    error() = default;
+    error(errc c) noexcept : code(c) {}  // NOLINT(google-explicit-constructor): `return errc::x;` reads best
+    error(errc c, std::string_view f, std::size_t off = 0, char t = 0) : code(c), field(f), offset(off), tag(t) {}
+
+    // errc_message(code), or `message` when set, plus the location when known:
+    // "input truncated inside a field (tag 'I', field relid, offset 5)".
+    std::string describe() const;
+
+    friend bool operator==(const error& e, errc c) noexcept { return e.code == c; }
+};
 
 template <class T>
-using result = boost::system::result<T, boost::system::error_code>;
+using result = boost::system::result<T, error>;
+
+// boost::system::result<T, E>::value() on an error calls this (found by ADL).
+// Pure code never calls value() on an error; reaching it is a programming
+// error, so it aborts with the description instead of throwing.
+[[noreturn]] void throw_exception_from_error(const error& e, const boost::source_location& loc);
 
 }  // namespace outbox
-
-namespace boost::system {
-template <>
-struct is_error_code_enum<outbox::errc> : std::true_type {};
-}  // namespace boost::system

@@ -133,8 +133,12 @@ struct relay_metrics {
     gauge& received_lsn;           // outbox_relay_received_lsn (bytes)
     gauge& inflight_records;       // outbox_relay_inflight_records
     gauge& inflight_bytes;         // outbox_relay_inflight_bytes
+    gauge& parked_records;         // outbox_relay_parked_records
+    gauge& pending_txns;           // outbox_relay_pending_transactions
     gauge& backpressure_active;    // outbox_relay_backpressure_active (0/1)
     counter& pg_reconnects;        // outbox_relay_pg_reconnects_total
+    counter& pg_silence_timeouts;  // outbox_relay_pg_silence_timeouts_total
+    counter& scan_failures;        // outbox_relay_scan_failures_total
     counter& producer_recreated;   // outbox_relay_producer_recreated_total
     counter& status_updates_sent;  // outbox_relay_status_updates_sent_total
     histogram& commit_to_ack;      // outbox_relay_commit_to_ack_seconds

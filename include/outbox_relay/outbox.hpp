@@ -3,6 +3,7 @@
 // per the routing configuration. Debezium-compatible defaults.
 #include "outbox_relay/errc.hpp"
 #include "outbox_relay/pgoutput.hpp"
+#include "outbox_relay/record.hpp"
 #include "outbox_relay/relation_cache.hpp"
 
 #include <string>
@@ -28,28 +29,17 @@ struct routing_config {
     std::string topic_template = "outbox.event.{aggregatetype}";
 };
 
-// Header names carried by every record.
+// Header names of the mapped columns every record carries (the position
+// headers are dedupe.hpp's).
 inline constexpr std::string_view header_id = "id";
 inline constexpr std::string_view header_type = "type";
-inline constexpr std::string_view header_commit_lsn = "outbox-relay.commit-lsn";  // Begin.final_lsn, X/X
-inline constexpr std::string_view header_seq = "outbox-relay.seq";                 // index in txn, decimal
 
-// A mapped record. Views point into the decoded tuple (the replication
-// payload); topic is owned.
-struct outbox_record {
+// Storage that a mapped record's views point into besides the tuple: the
+// routed topic and the header array. One per caller, reused row after row;
+// the next map() overwrites it.
+struct record_scratch {
     std::string topic;
-    std::string_view key;      // aggregateid (empty view + key_null when NULL)
-    bool key_null = false;
-    std::string_view value;    // payload exactly as stored (text form)
-    bool value_null = false;
-    std::string_view id;
-    std::string_view type;
-};
-
-// Error detail of a failed map(): which column, why.
-struct mapping_error {
-    errc code = errc::ok;
-    std::string column;
+    std::vector<header> headers;
 };
 
 class outbox_mapper {
@@ -62,20 +52,25 @@ public:
     bool is_outbox(const cached_relation& rel) const noexcept;
 
     // Checks that `rel` has every mapped column and every template column.
-    // On failure fills *err (column named) and returns errc::missing_column.
-    result<void> check_relation(const cached_relation& rel, mapping_error* err = nullptr) const;
+    // Error: missing_column, naming the column in error::field.
+    result<void> check_relation(const cached_relation& rel) const;
 
-    // Maps one inserted row of the outbox. Errors name the column in *err:
-    // missing_column, null_column (id/aggregatetype used in topic), unchanged_toast_column.
-    // Also null_column for a NULL type, column_count_mismatch when `row` does
-    // not match `rel`, bad_value for a binary jsonb payload without version
-    // byte 1. Binary ('b') columns: a jsonb payload has jsonb_send's leading
-    // version byte stripped; every other 'b' value is used as sent (identical
-    // to text for text/varchar/json, raw bytes for e.g. uuid: stream in text
-    // mode). Column indexes are resolved once per (relid, generation).
-    // Loop thread only; `rel` and `row` must outlive the returned views.
-    result<outbox_record> map(const cached_relation& rel, const pgoutput::tuple_data& row,
-                              mapping_error* err = nullptr) const;
+    // Maps one inserted row of the outbox to a record: topic from the
+    // template, key = aggregateid (NULL -> null key), value = payload (NULL ->
+    // null value), headers id and type. Errors name the column in
+    // error::field: missing_column, null_column (id, type, or a column the
+    // topic template uses), unchanged_toast_column, column_count_mismatch when
+    // `row` does not match `rel` (field empty), bad_value for a binary jsonb
+    // payload without version byte 1, invalid_topic when the routed name is
+    // not a valid Kafka topic (field = the template). Binary ('b') columns: a
+    // jsonb payload has jsonb_send's leading version byte stripped; every
+    // other 'b' value is used as sent (identical to text for
+    // text/varchar/json, raw bytes for e.g. uuid: stream in text mode).
+    // Column indexes are resolved once per (relid, generation). One thread at
+    // a time; the record views `row`'s bytes and `scratch`, so both must
+    // outlive it, and the next map() with the same scratch replaces it.
+    result<record> map(const cached_relation& rel, const pgoutput::tuple_data& row,
+                       record_scratch& scratch) const;
 
     const routing_config& config() const noexcept { return cfg_; }
 
@@ -90,6 +85,7 @@ private:
     mutable std::uint64_t resolved_generation_ = 0;
     mutable std::uint32_t resolved_relid_ = 0;
     mutable std::vector<int> segment_index_;
+    bool has_placeholder_ = false;
     mutable int idx_id_ = -1, idx_aggregatetype_ = -1, idx_aggregateid_ = -1, idx_type_ = -1, idx_payload_ = -1;
 };
 

@@ -213,14 +213,6 @@ struct decoder_options {
     bool streaming_parallel = false; // v4 "streaming 'parallel'": Stream Abort carries lsn+ts
 };
 
-// Where a decode error happened: the tag being decoded and the byte offset in
-// the payload at which the failing field starts. Filled on every error.
-struct decode_error_site {
-    char tag = 0;
-    std::size_t offset = 0;
-    const char* field = "";  // name of the field being read, e.g. "relid"
-};
-
 // Stateful decoder for one replication stream. Tracks Stream Start/Stop so it
 // knows when the [xid] prefix is present. Not thread-safe; one per stream.
 class decoder {
@@ -228,18 +220,17 @@ public:
     explicit decoder(decoder_options opts = {}) noexcept;
 
     // Decodes one pgoutput message. Errors: truncated, trailing_bytes,
-    // unknown_tag, tag_not_in_version, bad_string, bad_value. On error,
-    // last_error_site() names the tag, field and offset.
+    // unknown_tag, tag_not_in_version, bad_string, bad_value; the error names
+    // the tag being decoded, the field and the byte offset at which that
+    // field starts (error::tag, error::field, error::offset).
     result<message_variant> decode(std::string_view payload);
 
-    const decode_error_site& last_error_site() const noexcept { return site_; }
     bool in_stream() const noexcept { return in_stream_; }
     const decoder_options& options() const noexcept { return opts_; }
 
 private:
     decoder_options opts_;
     bool in_stream_ = false;
-    decode_error_site site_;
     std::vector<tuple_column> old_cols_;
     std::vector<tuple_column> new_cols_;
     std::vector<relation_column> rel_cols_;

@@ -51,7 +51,7 @@ class in_process_relay {
 public:
     explicit in_process_relay(const outbox::relay_config& cfg) {
         auto setup = outbox::io::prepare_postgres(cfg);
-        if (setup.failure != outbox::io::setup_failure::none)
+        if (setup.failure != outbox::io::setup_failure::ok)
             throw std::runtime_error("prepare_postgres: " + setup.message);
         relay_ = std::make_unique<outbox::io::relay>(ioc_, cfg);
         relay_->start();
@@ -109,9 +109,8 @@ outbox::relay_config config_for(const scenario& sc, const std::string& brokers) 
         {"X", "max.in.flight.requests.per.connection=1"}};
     // Diagnosis: OUTBOX_FAULTS_RDKAFKA_DEBUG=eos,msg turns on librdkafka debug logs.
     if (const char* d = std::getenv("OUTBOX_FAULTS_RDKAFKA_DEBUG"); d && *d) flags.emplace_back("X", std::string("debug=") + d);
-    outbox::config_error err;
-    auto cfg = outbox::build_config("", "", {}, flags, &err);
-    if (!cfg) throw std::runtime_error("config: " + err.key + ": " + err.message);
+    auto cfg = outbox::build_config("", "", {}, flags);
+    if (!cfg) throw std::runtime_error("config: " + cfg.error().field + ": " + cfg.error().message);
     return *cfg;
 }
 

@@ -182,7 +182,14 @@ struct recorder {
             started = true;
             slot_confirmed = c;
         };
-        h.on_xlog = [this](const outbox::walsender::xlog_data& x) {
+        h.on_copy_data = [this](std::string_view frame) {
+            auto m = outbox::walsender::parse_copy_data(frame);
+            REQUIRE(m.has_value());
+            if (std::holds_alternative<outbox::walsender::keepalive>(*m)) {
+                ++keepalives;
+                return;
+            }
+            const auto& x = std::get<outbox::walsender::xlog_data>(*m);
             ++xlog;
             if (x.payload.empty()) return;
             if (x.payload[0] == 'I') ++inserts;
@@ -194,7 +201,6 @@ struct recorder {
                 ++commits;
             }
         };
-        h.on_keepalive = [this](const outbox::walsender::keepalive&) { ++keepalives; };
         h.on_closed = [this](const stream_error& e) { closed = e; };
         return h;
     }
@@ -217,7 +223,7 @@ TEST_CASE("setup_creates_publication_and_slot") {
     outbox_fixture f;
     auto r = outbox::io::prepare_postgres(f.config());
     INFO(r.message);
-    REQUIRE(r.failure == setup_failure::none);
+    REQUIRE(r.failure == setup_failure::ok);
     CHECK(f.sql.scalar("SELECT count(*) FROM pg_publication_tables WHERE pubname = '" + f.publication +
                        "' AND tablename = '" + f.table + "'") == "1");
     CHECK(f.sql.scalar("SELECT pubinsert::text || pubupdate::text || pubdelete::text FROM pg_publication "
@@ -228,13 +234,13 @@ TEST_CASE("setup_creates_publication_and_slot") {
 
 TEST_CASE("setup_second_call_is_noop") {
     outbox_fixture f;
-    REQUIRE(outbox::io::prepare_postgres(f.config()).failure == setup_failure::none);
+    REQUIRE(outbox::io::prepare_postgres(f.config()).failure == setup_failure::ok);
     auto slot_before = f.sql.scalar("SELECT restart_lsn::text || ' ' || confirmed_flush_lsn::text FROM "
                                     "pg_replication_slots WHERE slot_name = '" + f.slot + "'");
     auto pub_oid = f.sql.scalar("SELECT oid FROM pg_publication WHERE pubname = '" + f.publication + "'");
     auto again = outbox::io::prepare_postgres(f.config());
     INFO(again.message);
-    CHECK(again.failure == setup_failure::none);
+    CHECK(again.failure == setup_failure::ok);
     // Same publication object and an untouched slot: nothing was recreated.
     CHECK(f.sql.scalar("SELECT oid FROM pg_publication WHERE pubname = '" + f.publication + "'") == pub_oid);
     CHECK(f.sql.scalar("SELECT restart_lsn::text || ' ' || confirmed_flush_lsn::text FROM pg_replication_slots "
@@ -313,7 +319,7 @@ TEST_CASE("stream_missing_slot_is_fatal") {
 
 TEST_CASE("stream_commit_then_confirm_end_lsn") {
     outbox_fixture f;
-    REQUIRE(outbox::io::prepare_postgres(f.config()).failure == setup_failure::none);
+    REQUIRE(outbox::io::prepare_postgres(f.config()).failure == setup_failure::ok);
     const lsn created_confirmed =
         parse_lsn(f.sql.scalar("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '" + f.slot +
                                "'"));
@@ -373,7 +379,7 @@ TEST_CASE("stream_commit_then_confirm_end_lsn") {
 
 TEST_CASE("second_stream_on_active_slot_is_slot_busy") {
     outbox_fixture f;
-    REQUIRE(outbox::io::prepare_postgres(f.config()).failure == setup_failure::none);
+    REQUIRE(outbox::io::prepare_postgres(f.config()).failure == setup_failure::ok);
     boost::asio::io_context ioc;
     recorder first, second;
     replication_stream a(ioc, f.stream_opts(), first.handlers());
@@ -397,7 +403,7 @@ TEST_CASE("second_stream_on_active_slot_is_slot_busy") {
 
 TEST_CASE("terminated_walsender_is_connection_lost") {
     outbox_fixture f;
-    REQUIRE(outbox::io::prepare_postgres(f.config()).failure == setup_failure::none);
+    REQUIRE(outbox::io::prepare_postgres(f.config()).failure == setup_failure::ok);
     boost::asio::io_context ioc;
     recorder rec;
     replication_stream s(ioc, f.stream_opts(), rec.handlers());
@@ -420,7 +426,7 @@ TEST_CASE("terminated_walsender_is_connection_lost") {
 
 TEST_CASE("paused_stream_holds_data_but_still_replies") {
     outbox_fixture f;
-    REQUIRE(outbox::io::prepare_postgres(f.config()).failure == setup_failure::none);
+    REQUIRE(outbox::io::prepare_postgres(f.config()).failure == setup_failure::ok);
     boost::asio::io_context ioc;
     recorder rec;
     stream_options opts = f.stream_opts();
@@ -474,17 +480,17 @@ TEST_CASE("paused_stream_holds_data_but_still_replies") {
 
 TEST_CASE("stream_destroyed_inside_handler_is_safe") {
     outbox_fixture f;
-    REQUIRE(outbox::io::prepare_postgres(f.config()).failure == setup_failure::none);
+    REQUIRE(outbox::io::prepare_postgres(f.config()).failure == setup_failure::ok);
     boost::asio::io_context ioc;
     recorder rec;
     std::unique_ptr<replication_stream> s;
     auto h = rec.handlers();
-    auto base_xlog = h.on_xlog;
+    auto base = h.on_copy_data;
     // Destroying the stream from its own callback must neither crash nor
     // deliver more frames (the transaction has several).
-    h.on_xlog = [&](const outbox::walsender::xlog_data& x) {
-        base_xlog(x);
-        s.reset();
+    h.on_copy_data = [&](std::string_view frame) {
+        base(frame);
+        if (rec.xlog > 0) s.reset();
     };
     s = std::make_unique<replication_stream>(ioc, f.stream_opts(), h);
     s->start(lsn{});

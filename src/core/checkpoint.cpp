@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <utility>
 
 namespace outbox {
 namespace {
@@ -19,33 +20,55 @@ namespace {
 
 checkpoint_tracker::checkpoint_tracker(lsn start) noexcept : confirmed_(start) {}
 
-checkpoint_tracker::txn_id checkpoint_tracker::begin_txn(lsn final_lsn) {
+void checkpoint_tracker::begin_txn(lsn final_lsn, std::int64_t commit_ts) {
     if (open_) die("begin_txn while a transaction is open");
-    txns_.push_back(txn{next_id_++, final_lsn, lsn{}, 0, false});
     open_ = true;
-    return txns_.back().id;
+    open_has_entry_ = false;
+    open_final_lsn_ = final_lsn;
+    open_commit_ts_ = commit_ts;
 }
 
 checkpoint_tracker::txn_id checkpoint_tracker::add_record() {
     if (!open_) die("add_record without an open transaction");
+    // The entry is made on the first record, so transactions without records
+    // never get one (see commit_txn).
+    if (!open_has_entry_) {
+        txns_.push_back(txn{next_id_++, lsn{}, open_commit_ts_, 0, false, false, true});
+        open_has_entry_ = true;
+    }
     txn& t = txns_.back();
     ++t.pending;
     ++in_flight_;
     return t.id;
 }
 
-void checkpoint_tracker::commit_txn(lsn end_lsn) {
+bool checkpoint_tracker::commit_txn(lsn end_lsn) {
     if (!open_) die("commit_txn without an open transaction");
-    // A zero end_lsn is the abandoned-transaction marker below; no real
-    // Commit carries it (end_lsn is past the commit record).
     if (end_lsn.is_zero()) die("commit_txn with end_lsn 0/0");
-    txn& t = txns_.back();
-    t.end_lsn = end_lsn;
-    t.committed = true;
     open_ = false;
-    // A transaction whose records were all acked before its Commit arrived
-    // (or that had none) may be confirmable right now.
-    advance();
+    if (open_has_entry_) {
+        txn& t = txns_.back();
+        t.end_lsn = end_lsn;
+        t.committed = true;
+        // Records all acked before their Commit arrived: confirmable now.
+        return advance();
+    }
+    // No records. Nothing pending anywhere: confirm it at once.
+    if (txns_.empty()) {
+        if (end_lsn <= confirmed_) return false;  // a replay below the watermark
+        confirmed_ = end_lsn;
+        return true;
+    }
+    // Something before it is pending: fold it into the newest entry, which is
+    // committed (the open transaction had none) and now confirms up to here.
+    // An abandoned entry confirms nothing, so it gets a plain marker behind it.
+    txn& back = txns_.back();
+    if (!back.abandoned) {
+        if (end_lsn > back.end_lsn) back.end_lsn = end_lsn;
+    } else {
+        txns_.push_back(txn{next_id_++, end_lsn, 0, 0, true, false, false});
+    }
+    return false;
 }
 
 bool checkpoint_tracker::ack(txn_id id) {
@@ -68,7 +91,7 @@ bool checkpoint_tracker::ack(txn_id id) {
 bool checkpoint_tracker::on_keepalive(lsn wal_end) {
     // The server sends keepalives in the middle of a transaction's output
     // too, so walEnd says nothing about records still in flight (invariant 2).
-    if (!idle()) return false;
+    if (!idle() || !txns_.empty()) return false;
     if (wal_end <= confirmed_) return false;
     confirmed_ = wal_end;
     return true;
@@ -76,28 +99,48 @@ bool checkpoint_tracker::on_keepalive(lsn wal_end) {
 
 void checkpoint_tracker::abandon_open_txn() noexcept {
     if (!open_) return;
-    // Keep the entry so its in-flight records can still be acked; mark it
-    // committed with end_lsn 0/0 so advance() drops it without confirming
-    // anything: the server resends it after the reconnect.
+    open_ = false;
+    if (!open_has_entry_) return;
+    // Keep the entry so its in-flight records can still be acked, but it
+    // confirms nothing: the server resends the transaction after the reconnect.
     txn& t = txns_.back();
     t.committed = true;
+    t.abandoned = true;
     t.end_lsn = lsn{};
-    open_ = false;
     advance();
+}
+
+void checkpoint_tracker::abandon_from(txn_id first) noexcept {
+    if (open_) {
+        open_ = false;
+        // An open transaction without an entry has nothing to mark.
+    }
+    for (txn& t : txns_) {
+        if (t.id < first) continue;
+        t.committed = true;
+        t.abandoned = true;
+        t.end_lsn = lsn{};
+    }
+    advance();
+}
+
+std::vector<std::int64_t> checkpoint_tracker::take_confirmed_commit_times() {
+    return std::exchange(confirmed_commit_ts_, {});
 }
 
 bool checkpoint_tracker::advance() {
     const lsn before = confirmed_;
     bool moved = false;
     while (!txns_.empty() && txns_.front().committed && txns_.front().pending == 0) {
-        const lsn end = txns_.front().end_lsn;
+        const txn t = txns_.front();
         txns_.pop_front();
-        if (end.is_zero()) continue;  // abandoned: nothing to confirm
+        if (t.abandoned) continue;  // nothing to confirm
+        if (t.has_records) confirmed_commit_ts_.push_back(t.commit_ts);
         // A transaction at or below confirmed() is a replay after a
         // reconnect (the server restarts at its own, possibly older,
         // confirmed_flush); it must not pull the watermark back.
-        if (end > confirmed_) {
-            confirmed_ = end;
+        if (t.end_lsn > confirmed_) {
+            confirmed_ = t.end_lsn;
             moved = true;
         }
     }

@@ -21,32 +21,24 @@ namespace {
 // The env form is reversible because librdkafka property names contain no
 // '_'. Precedence is per property: flag > env > file.
 // ---------------------------------------------------------------------------
-constexpr std::array<std::string_view, 22> option_names = {
-    "postgres",        "brokers",           "slot",
-    "publication",     "table",             "topic",
-    "id-column",       "aggregatetype-column", "aggregateid-column",
-    "type-column",     "payload-column",    "delivery",
-    "max-inflight-records", "max-inflight-bytes", "status-interval-ms",
-    "drain-timeout-ms", "reconnect-backoff-max-ms", "metrics-listen",
-    "log-level",       "create-slot",       "kafka",
-    "X",
-};
-
 constexpr std::string_view env_prefix = "OUTBOX_RELAY_";
 constexpr std::string_view env_kafka_prefix = "OUTBOX_RELAY_KAFKA_";
 // The path of the file itself: read by main before build_config, so it is
 // known here only to be skipped (not reported as a typo).
 constexpr std::string_view config_path_option = "config";
+// The librdkafka properties: "X" as a flag, "kafka" in the file.
+constexpr std::string_view kafka_flag = "X";
+constexpr std::string_view kafka_key = "kafka";
 
 // Settings the Kafka sink forces for the delivery guarantees (idempotent
 // producer, acks=all, no timeout inside the producer: ARCHITECTURE.md
-// invariants 3 and 4) or that have their own option. Rejected here so the
-// error names the source instead of surfacing at producer creation.
-struct forbidden_prop {
+// invariants 3 and 4), that have their own option, or that the relay sizes
+// itself. Rejected at configuration time so the error names the source.
+struct refused_prop {
     std::string_view name;
     std::string_view why;
 };
-constexpr std::array<forbidden_prop, 7> forbidden_kafka_props = {{
+constexpr std::array<refused_prop, 10> refused_kafka_props = {{
     {"bootstrap.servers", "use --brokers"},
     {"metadata.broker.list", "use --brokers"},
     {"enable.idempotence", "forced to true by the relay (ordering, no duplicates)"},
@@ -54,26 +46,34 @@ constexpr std::array<forbidden_prop, 7> forbidden_kafka_props = {{
     {"request.required.acks", "forced to all by the relay (nothing acked is lost)"},
     {"message.timeout.ms", "forced to 0 by the relay (records never time out in the producer)"},
     {"delivery.timeout.ms", "forced to 0 by the relay (records never time out in the producer)"},
+    {"transactional.id", "the relay uses the idempotent producer, not Kafka transactions"},
+    // The relay stops reading Postgres above max-inflight-*; librdkafka's own
+    // queue is sized above that so it can never refuse a record first.
+    {"queue.buffering.max.messages", "sized by the relay: set max-inflight-records instead"},
+    {"queue.buffering.max.kbytes", "sized by the relay: set max-inflight-bytes instead"},
 }};
 
-bool is_known_option(std::string_view name) {
-    return std::find(option_names.begin(), option_names.end(), name) != option_names.end();
+const option_spec* find_option(std::string_view name) {
+    for (const option_spec& o : options())
+        if (o.name == name) return &o;
+    return nullptr;
 }
 
-std::string env_name_of(std::string_view option) {
-    std::string s(env_prefix);
-    for (char c : option) s += c == '-' ? '_' : static_cast<char>(c >= 'a' && c <= 'z' ? c - 'a' + 'A' : c);
-    return s;
-}
-
-struct raw_config {
-    std::map<std::string, config_source_value> options;  // option name -> value
-    std::map<std::string, config_source_value> kafka;    // property -> value
+struct raw_value {
+    std::string value;
+    std::string source;  // e.g. "--slot", "OUTBOX_RELAY_SLOT", "relay.json:slot"
 };
 
-bool fail(config_error* err, std::string key, std::string source, std::string message) {
-    if (err) *err = {std::move(key), std::move(source), std::move(message)};
-    return false;
+struct raw_config {
+    std::map<std::string, raw_value> options;  // option name -> value
+    std::map<std::string, raw_value> kafka;    // property -> value
+};
+
+error config_error(std::string key, std::string source, std::string message) {
+    error e(errc::bad_config, key);
+    e.source = std::move(source);
+    e.message = std::move(message);
+    return e;
 }
 
 // ---------------------------------------------------------------------------
@@ -121,7 +121,7 @@ bool json_scalar_text(const nlohmann::json& v, std::string* out) {
     }
 }
 
-bool read_file(std::string_view text, std::string_view file_name, raw_config& raw, config_error* err) {
+result<void> read_file(std::string_view text, std::string_view file_name, raw_config& raw) {
     const std::string fname = file_name.empty() ? std::string("config") : std::string(file_name);
     auto doc = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
     if (doc.is_discarded()) {
@@ -133,37 +133,39 @@ bool read_file(std::string_view text, std::string_view file_name, raw_config& ra
         const std::size_t line =
             1 + static_cast<std::size_t>(std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(upto > 0 ? upto - 1 : 0), '\n'));
         const std::string where = fname + ":" + std::to_string(line);
-        return fail(err, "config", where, where + ": invalid JSON: " + loc.reason);
+        return config_error("config", where, where + ": invalid JSON: " + loc.reason);
     }
-    if (!doc.is_object()) return fail(err, "config", fname, fname + ": the top level must be a JSON object");
+    if (!doc.is_object()) return config_error("config", fname, fname + ": the top level must be a JSON object");
     for (const auto& [key, value] : doc.items()) {
         const std::string source = fname + ":" + key;
-        // "X" is the flag spelling; the file uses "kafka".
-        if (!is_known_option(key) || key == "X")
-            return fail(err, key, source, "unknown option \"" + key + "\" (misspelt?)");
-        if (key == "kafka") {
+        if (key == kafka_key) {
             if (!value.is_object())
-                return fail(err, key, source, "must be an object of librdkafka properties, e.g. {\"linger.ms\": \"5\"}");
+                return config_error(key, source, "must be an object of librdkafka properties, e.g. {\"linger.ms\": \"5\"}");
             for (const auto& [prop, pv] : value.items()) {
                 std::string s;
                 if (!json_scalar_text(pv, &s))
-                    return fail(err, "kafka", source + "." + prop, "librdkafka property value must be a string, integer or boolean");
+                    return config_error("kafka", source + "." + prop, "librdkafka property value must be a string, integer or boolean");
                 raw.kafka[prop] = {std::move(s), source + "." + prop};
             }
             continue;
         }
+        // "X" is the flag spelling; the file uses "kafka".
+        if (find_option(key) == nullptr)
+            return config_error(key, source,
+                                key == kafka_flag ? "unknown option \"X\": librdkafka properties go in \"kafka\": {...}"
+                                                  : "unknown option \"" + key + "\" (misspelt?)");
         std::string s;
-        if (!json_scalar_text(value, &s)) return fail(err, key, source, "must be a string, integer or boolean");
+        if (!json_scalar_text(value, &s)) return config_error(key, source, "must be a string, integer or boolean");
         raw.options[key] = {std::move(s), source};
     }
-    return true;
+    return {};
 }
 
 // ---------------------------------------------------------------------------
 // Environment and flags
 // ---------------------------------------------------------------------------
 
-bool read_env(const std::map<std::string, std::string>& env, raw_config& raw, config_error* err) {
+result<void> read_env(const std::map<std::string, std::string>& env, raw_config& raw) {
     for (const auto& [name, value] : env) {
         if (!name.starts_with(env_prefix)) continue;
         if (name == env_name_of(config_path_option)) continue;
@@ -171,46 +173,39 @@ bool read_env(const std::map<std::string, std::string>& env, raw_config& raw, co
             std::string prop;
             for (char c : std::string_view(name).substr(env_kafka_prefix.size()))
                 prop += c == '_' ? '.' : static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
-            if (prop.empty()) return fail(err, "kafka", name, "names no librdkafka property");
+            if (prop.empty()) return config_error("kafka", name, "names no librdkafka property");
             raw.kafka[prop] = {value, name};
             continue;
         }
-        bool found = false;
-        for (std::string_view opt : option_names) {
-            if (opt == "kafka" || opt == "X") continue;
-            if (env_name_of(opt) == name) {
-                raw.options[std::string(opt)] = {value, name};
-                found = true;
-                break;
-            }
-        }
+        const option_spec* found = nullptr;
+        for (const option_spec& o : options())
+            if (env_name_of(o.name) == name) found = &o;
         // A misspelt variable would otherwise be ignored silently.
-        if (!found) return fail(err, name, name, "unknown OUTBOX_RELAY_* variable (misspelt?)");
+        if (found == nullptr) return config_error(name, name, "unknown OUTBOX_RELAY_* variable (misspelt?)");
+        raw.options[std::string(found->name)] = {value, name};
     }
-    return true;
+    return {};
 }
 
-bool read_flags(const std::vector<std::pair<std::string, std::string>>& flags, raw_config& raw,
-                config_error* err) {
+result<void> read_flags(const std::vector<std::pair<std::string, std::string>>& flags, raw_config& raw) {
     for (const auto& [name, value] : flags) {
         if (name == config_path_option) continue;
-        if (name == "X") {
+        if (name == kafka_flag) {
             const auto eq = value.find('=');
             if (eq == std::string::npos || eq == 0)
-                return fail(err, "X", "-X " + value, "expected -X property=value");
+                return config_error("X", "-X " + value, "expected -X property=value");
             std::string prop = value.substr(0, eq);
             raw.kafka[prop] = {value.substr(eq + 1), "-X " + prop};
             continue;
         }
-        if (!is_known_option(name) || name == "kafka")
-            return fail(err, name, "--" + name, "unknown option --" + name);
+        if (find_option(name) == nullptr) return config_error(name, "--" + name, "unknown option --" + name);
         raw.options[name] = {value, "--" + name};
     }
-    return true;
+    return {};
 }
 
 // ---------------------------------------------------------------------------
-// Validation
+// Value parsers of the option table
 // ---------------------------------------------------------------------------
 
 bool is_lower_alnum_(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_'; }
@@ -257,149 +252,235 @@ bool valid_listen(std::string_view s) {
     return host.find(':') == std::string_view::npos && host.find_first_of(" \t/") == std::string_view::npos;
 }
 
-bool apply_number(std::string_view name, const config_source_value& v, std::uint64_t lo, std::uint64_t hi,
-                  std::uint64_t* out, config_error* err) {
-    if (!parse_uint(v.value, out) || *out < lo || *out > hi)
-        return fail(err, std::string(name), v.source,
-                    "must be an integer from " + std::to_string(lo) + " to " + std::to_string(hi) + ", got \"" +
-                        v.value + "\"");
-    return true;
+// Parses an integer in [lo, hi]; the error text says the range.
+template <std::uint64_t lo, std::uint64_t hi>
+std::string number(const std::string& s, std::uint64_t& out) {
+    if (!parse_uint(s, &out) || out < lo || out > hi)
+        return "must be an integer from " + std::to_string(lo) + " to " + std::to_string(hi) + ", got \"" + s + "\"";
+    return {};
 }
 
-bool apply_option(relay_config& c, const std::string& name, const config_source_value& v, config_error* err) {
-    const std::string& s = v.value;
-    auto identifier = [&](std::string* out) {
-        if (!valid_identifier(s))
-            return fail(err, name, v.source,
-                        "must be an identifier ([A-Za-z_][A-Za-z0-9_$]*, at most 63 bytes), got \"" + s + "\"");
-        *out = s;
-        return true;
-    };
-    std::uint64_t n = 0;
-    if (name == "postgres") {
-        // Never echo this value: it may carry a password.
-        if (s.empty()) return fail(err, name, v.source, "must not be empty");
-        c.postgres = s;
-    } else if (name == "brokers") {
-        if (s.empty() || s.front() == ',' || s.back() == ',' || s.find(",,") != std::string::npos ||
-            s.find_first_of(" \t") != std::string::npos)
-            return fail(err, name, v.source, "must be host:port[,host:port...], got \"" + s + "\"");
-        c.brokers = s;
-    } else if (name == "slot") {
-        if (!valid_slot(s))
-            return fail(err, name, v.source, "must match [a-z0-9_]{1,63}, got \"" + s + "\"");
-        c.slot = s;
-    } else if (name == "publication") {
-        return identifier(&c.publication);
-    } else if (name == "table") {
-        const auto dot = s.find('.');
-        std::string schema = dot == std::string::npos ? std::string("public") : s.substr(0, dot);
-        std::string table = dot == std::string::npos ? s : s.substr(dot + 1);
-        if (!valid_identifier(schema) || !valid_identifier(table))
-            return fail(err, name, v.source, "must be schema.table or table (identifiers), got \"" + s + "\"");
-        c.routing.schema = std::move(schema);
-        c.routing.table = std::move(table);
-    } else if (name == "topic") {
-        c.routing.topic_template = s;  // validated once the columns are known
-    } else if (name == "id-column") {
-        return identifier(&c.routing.columns.id);
-    } else if (name == "aggregatetype-column") {
-        return identifier(&c.routing.columns.aggregatetype);
-    } else if (name == "aggregateid-column") {
-        return identifier(&c.routing.columns.aggregateid);
-    } else if (name == "type-column") {
-        return identifier(&c.routing.columns.type);
-    } else if (name == "payload-column") {
-        return identifier(&c.routing.columns.payload);
-    } else if (name == "delivery") {
-        if (s == "exactly-once")
-            c.delivery = delivery_mode::exactly_once;
-        else if (s == "at-least-once")
-            c.delivery = delivery_mode::at_least_once;
-        else
-            return fail(err, name, v.source, "must be exactly-once or at-least-once, got \"" + s + "\"");
-    } else if (name == "max-inflight-records") {
-        if (!apply_number(name, v, 1, 10'000'000, &n, err)) return false;
-        c.max_inflight_records = static_cast<std::size_t>(n);
-    } else if (name == "max-inflight-bytes") {
-        if (!apply_number(name, v, 1, std::uint64_t{1} << 40, &n, err)) return false;
-        c.max_inflight_bytes = static_cast<std::size_t>(n);
-    } else if (name == "status-interval-ms") {
-        // At most 10 s: the server must hear from us well inside
-        // wal_sender_timeout (ARCHITECTURE.md invariant 5).
-        if (!apply_number(name, v, 100, 10'000, &n, err)) return false;
-        c.status_interval = std::chrono::milliseconds(n);
-    } else if (name == "drain-timeout-ms") {
-        if (!apply_number(name, v, 1, 3'600'000, &n, err)) return false;
-        c.drain_timeout = std::chrono::milliseconds(n);
-    } else if (name == "reconnect-backoff-max-ms") {
-        if (!apply_number(name, v, 1, 3'600'000, &n, err)) return false;
-        c.reconnect_backoff_max = std::chrono::milliseconds(n);
-    } else if (name == "metrics-listen") {
-        if (!s.empty() && !valid_listen(s))
-            return fail(err, name, v.source, "must be host:port (port 1-65535), got \"" + s + "\"");
-        c.metrics_listen = s;
-    } else if (name == "log-level") {
-        if (s != "debug" && s != "info" && s != "warn" && s != "error")
-            return fail(err, name, v.source, "must be debug, info, warn or error, got \"" + s + "\"");
-        c.log_level = s;
-    } else if (name == "create-slot") {
-        if (s != "true" && s != "false")
-            return fail(err, name, v.source, "must be true or false, got \"" + s + "\"");
-        c.create_slot = s == "true";
-    } else {
-        return fail(err, name, v.source, "unknown option");
-    }
-    return true;
+std::string identifier(const std::string& s, std::string& out) {
+    if (!valid_identifier(s))
+        return "must be an identifier ([A-Za-z_][A-Za-z0-9_$]*, at most 63 bytes), got \"" + s + "\"";
+    out = s;
+    return {};
 }
+
+template <std::uint64_t lo, std::uint64_t hi>
+std::string millis(const std::string& s, std::chrono::milliseconds& out) {
+    std::uint64_t n = 0;
+    std::string why = number<lo, hi>(s, n);
+    if (why.empty()) out = std::chrono::milliseconds(static_cast<std::int64_t>(n));
+    return why;
+}
+
+std::string ms_text(std::chrono::milliseconds v) { return std::to_string(v.count()); }
+
+// The table. Each entry's `apply` validates; `show` prints relay_config's
+// value back in the syntax `apply` accepts (the defaults for --help, and the
+// effective configuration).
+const option_spec option_table[] = {
+    {"postgres", "libpq conninfo or URI of the database holding the outbox (replication rights needed)", true, true,
+     [](relay_config& c, const std::string& s) -> std::string {
+         // Never echo this value: it may carry a password.
+         if (s.empty()) return "must not be empty";
+         c.postgres = s;
+         return {};
+     },
+     [](const relay_config& c) { return redact_conninfo(c.postgres); }},
+    {"brokers", "Kafka bootstrap servers, HOST:PORT[,HOST:PORT...]", true, false,
+     [](relay_config& c, const std::string& s) -> std::string {
+         if (s.empty() || s.front() == ',' || s.back() == ',' || s.find(",,") != std::string::npos ||
+             s.find_first_of(" \t") != std::string::npos)
+             return "must be host:port[,host:port...], got \"" + s + "\"";
+         c.brokers = s;
+         return {};
+     },
+     [](const relay_config& c) { return c.brokers; }},
+    {"slot", "logical replication slot", false, false,
+     [](relay_config& c, const std::string& s) -> std::string {
+         if (!valid_slot(s)) return "must match [a-z0-9_]{1,63}, got \"" + s + "\"";
+         c.slot = s;
+         return {};
+     },
+     [](const relay_config& c) { return c.slot; }},
+    {"publication", "publication of the outbox table", false, false,
+     [](relay_config& c, const std::string& s) { return identifier(s, c.publication); },
+     [](const relay_config& c) { return c.publication; }},
+    {"table", "outbox table as schema.table or table", false, false,
+     [](relay_config& c, const std::string& s) -> std::string {
+         const auto dot = s.find('.');
+         std::string schema = dot == std::string::npos ? std::string("public") : s.substr(0, dot);
+         std::string table = dot == std::string::npos ? s : s.substr(dot + 1);
+         if (!valid_identifier(schema) || !valid_identifier(table))
+             return "must be schema.table or table (identifiers), got \"" + s + "\"";
+         c.routing.schema = std::move(schema);
+         c.routing.table = std::move(table);
+         return {};
+     },
+     [](const relay_config& c) { return c.routing.schema + "." + c.routing.table; }},
+    {"topic", "topic template with {column} placeholders", false, false,
+     [](relay_config& c, const std::string& s) -> std::string {
+         c.routing.topic_template = s;  // checked by the mapper once every option is in
+         return {};
+     },
+     [](const relay_config& c) { return c.routing.topic_template; }},
+    {"id-column", "column holding the event id (header id)", false, false,
+     [](relay_config& c, const std::string& s) { return identifier(s, c.routing.columns.id); },
+     [](const relay_config& c) { return c.routing.columns.id; }},
+    {"aggregatetype-column", "column holding the aggregate type", false, false,
+     [](relay_config& c, const std::string& s) { return identifier(s, c.routing.columns.aggregatetype); },
+     [](const relay_config& c) { return c.routing.columns.aggregatetype; }},
+    {"aggregateid-column", "column used as the Kafka key", false, false,
+     [](relay_config& c, const std::string& s) { return identifier(s, c.routing.columns.aggregateid); },
+     [](const relay_config& c) { return c.routing.columns.aggregateid; }},
+    {"type-column", "column holding the event type (header type)", false, false,
+     [](relay_config& c, const std::string& s) { return identifier(s, c.routing.columns.type); },
+     [](const relay_config& c) { return c.routing.columns.type; }},
+    {"payload-column", "column used as the Kafka value", false, false,
+     [](relay_config& c, const std::string& s) { return identifier(s, c.routing.columns.payload); },
+     [](const relay_config& c) { return c.routing.columns.payload; }},
+    {"delivery", "exactly-once | at-least-once", false, false,
+     [](relay_config& c, const std::string& s) -> std::string {
+         if (s == "exactly-once")
+             c.delivery = delivery_mode::exactly_once;
+         else if (s == "at-least-once")
+             c.delivery = delivery_mode::at_least_once;
+         else
+             return "must be exactly-once or at-least-once, got \"" + s + "\"";
+         return {};
+     },
+     [](const relay_config& c) -> std::string {
+         return c.delivery == delivery_mode::exactly_once ? "exactly-once" : "at-least-once";
+     }},
+    // librdkafka's queue is sized above these (at most 10,000,000 messages and
+    // 2 GiB), so the upper bounds keep that possible.
+    {"max-inflight-records", "stop reading the WAL above this many unacked (or parked) records", false, false,
+     [](relay_config& c, const std::string& s) {
+         std::uint64_t n = 0;
+         std::string why = number<1, 5'000'000>(s, n);
+         c.max_inflight_records = static_cast<std::size_t>(n);
+         return why;
+     },
+     [](const relay_config& c) { return std::to_string(c.max_inflight_records); }},
+    {"max-inflight-bytes", "stop reading the WAL above this many unacked (or parked) bytes", false, false,
+     [](relay_config& c, const std::string& s) {
+         std::uint64_t n = 0;
+         std::string why = number<1, std::uint64_t{1} << 30>(s, n);
+         c.max_inflight_bytes = static_cast<std::size_t>(n);
+         return why;
+     },
+     [](const relay_config& c) { return std::to_string(c.max_inflight_bytes); }},
+    // At most 10 s: the server must hear from us well inside
+    // wal_sender_timeout (ARCHITECTURE.md invariant 5).
+    {"status-interval-ms", "status update interval to Postgres, ms", false, false,
+     [](relay_config& c, const std::string& s) { return millis<100, 10'000>(s, c.status_interval); },
+     [](const relay_config& c) { return ms_text(c.status_interval); }},
+    {"drain-timeout-ms", "how long SIGTERM waits for the open transaction, then for Kafka acks, ms", false, false,
+     [](relay_config& c, const std::string& s) { return millis<1, 3'600'000>(s, c.drain_timeout); },
+     [](const relay_config& c) { return ms_text(c.drain_timeout); }},
+    {"reconnect-backoff-max-ms", "cap of the reconnect and producer-restart backoff, ms", false, false,
+     [](relay_config& c, const std::string& s) { return millis<1, 3'600'000>(s, c.reconnect_backoff_max); },
+     [](const relay_config& c) { return ms_text(c.reconnect_backoff_max); }},
+    {"scan-timeout-ms", "bound on one exactly-once tail scan of a topic (retried after a backoff), ms", false, false,
+     [](relay_config& c, const std::string& s) { return millis<100, 3'600'000>(s, c.scan_timeout); },
+     [](const relay_config& c) { return ms_text(c.scan_timeout); }},
+    // Below the server's default wal_sender_timeout (60 s), so the relay
+    // notices a dead path before the server does.
+    {"pg-silence-timeout-ms", "nothing heard from Postgres for this long: the connection is dead, reconnect, ms",
+     false, false,
+     [](relay_config& c, const std::string& s) { return millis<1'000, 3'600'000>(s, c.pg_silence_timeout); },
+     [](const relay_config& c) { return ms_text(c.pg_silence_timeout); }},
+    {"producer-restart-limit", "fatal producer errors in a row without an ack in between before exit 25", false,
+     false,
+     [](relay_config& c, const std::string& s) {
+         std::uint64_t n = 0;
+         std::string why = number<1, 1'000'000>(s, n);
+         c.producer_restart_limit = static_cast<unsigned>(n);
+         return why;
+     },
+     [](const relay_config& c) { return std::to_string(c.producer_restart_limit); }},
+    {"metrics-listen", "HOST:PORT for /metrics, /healthz, /readyz (empty = off)", false, false,
+     [](relay_config& c, const std::string& s) -> std::string {
+         if (!s.empty() && !valid_listen(s)) return "must be host:port (port 1-65535), got \"" + s + "\"";
+         c.metrics_listen = s;
+         return {};
+     },
+     [](const relay_config& c) { return c.metrics_listen; }},
+    {"log-level", "debug | info | warn | error", false, false,
+     [](relay_config& c, const std::string& s) -> std::string {
+         if (s != "debug" && s != "info" && s != "warn" && s != "error")
+             return "must be debug, info, warn or error, got \"" + s + "\"";
+         c.log_level = s;
+         return {};
+     },
+     [](const relay_config& c) { return c.log_level; }},
+    {"create-slot", "create the publication and slot when missing: true | false", false, false,
+     [](relay_config& c, const std::string& s) -> std::string {
+         if (s != "true" && s != "false") return "must be true or false, got \"" + s + "\"";
+         c.create_slot = s == "true";
+         return {};
+     },
+     [](const relay_config& c) -> std::string { return c.create_slot ? "true" : "false"; }},
+};
 
 }  // namespace
 
+std::span<const option_spec> options() noexcept { return option_table; }
+
+std::string env_name_of(std::string_view option) {
+    std::string s(env_prefix);
+    for (char c : option) s += c == '-' ? '_' : static_cast<char>(c >= 'a' && c <= 'z' ? c - 'a' + 'A' : c);
+    return s;
+}
+
+std::string_view refused_kafka_property(std::string_view name) noexcept {
+    for (const auto& r : refused_kafka_props)
+        if (r.name == name) return r.why;
+    return {};
+}
+
 result<relay_config> build_config(std::string_view file_json, std::string_view file_name,
                                   const std::map<std::string, std::string>& env,
-                                  const std::vector<std::pair<std::string, std::string>>& flags,
-                                  config_error* err) {
+                                  const std::vector<std::pair<std::string, std::string>>& flags) {
     // Later sources overwrite earlier ones per key: file < env < flags.
     raw_config raw;
-    if (!file_json.empty() && !read_file(file_json, file_name, raw, err)) return errc::bad_config;
-    if (!read_env(env, raw, err)) return errc::bad_config;
-    if (!read_flags(flags, raw, err)) return errc::bad_config;
+    if (!file_json.empty()) {
+        if (auto r = read_file(file_json, file_name, raw); !r) return r.error();
+    }
+    if (auto r = read_env(env, raw); !r) return r.error();
+    if (auto r = read_flags(flags, raw); !r) return r.error();
 
     relay_config cfg;
-    for (const auto& [name, value] : raw.options)
-        if (!apply_option(cfg, name, value, err)) return errc::bad_config;
-
-    for (const auto& [prop, value] : raw.kafka) {
-        if (!valid_kafka_prop_name(prop)) {
-            fail(err, "kafka", value.source, "\"" + prop + "\" is not a librdkafka property name");
-            return errc::bad_config;
+    for (const option_spec& o : options()) {
+        auto it = raw.options.find(std::string(o.name));
+        if (it == raw.options.end()) {
+            if (o.required)
+                return config_error(std::string(o.name), "",
+                                    "required: set --" + std::string(o.name) + ", " + env_name_of(o.name) +
+                                        " or \"" + std::string(o.name) + "\" in the config file");
+            continue;
         }
-        for (const auto& f : forbidden_kafka_props) {
-            if (prop == f.name) {
-                fail(err, "kafka", value.source, prop + " cannot be set: " + std::string(f.why));
-                return errc::bad_config;
-            }
-        }
-        cfg.kafka[prop] = value.value;
+        if (std::string why = o.apply(cfg, it->second.value); !why.empty())
+            return config_error(std::string(o.name), it->second.source, std::move(why));
     }
 
-    for (std::string_view required : {"postgres", "brokers"}) {
-        if (!raw.options.contains(std::string(required))) {
-            fail(err, std::string(required), "",
-                 "required: set --" + std::string(required) + ", " + env_name_of(required) + " or \"" +
-                     std::string(required) + "\" in the config file");
-            return errc::bad_config;
-        }
+    for (const auto& [prop, value] : raw.kafka) {
+        if (!valid_kafka_prop_name(prop))
+            return config_error("kafka", value.source, "\"" + prop + "\" is not a librdkafka property name");
+        if (auto why = refused_kafka_property(prop); !why.empty())
+            return config_error("kafka", value.source, prop + " cannot be set: " + std::string(why));
+        cfg.kafka[prop] = value.value;
     }
 
     // The template is checked with the mapper itself so config and runtime
     // can never disagree about what is valid.
     if (!outbox_mapper::create(cfg.routing)) {
         auto it = raw.options.find("topic");
-        fail(err, "topic", it == raw.options.end() ? std::string() : it->second.source,
-             "invalid topic template \"" + cfg.routing.topic_template +
-                 "\": use literal [A-Za-z0-9._-] text and {column} placeholders");
-        return errc::bad_config;
+        return config_error("topic", it == raw.options.end() ? std::string() : it->second.source,
+                            "invalid topic template \"" + cfg.routing.topic_template +
+                                "\": use literal [A-Za-z0-9._-] text and {column} placeholders");
     }
     return cfg;
 }

@@ -1,5 +1,6 @@
 #include "outbox_relay/dedupe.hpp"
 
+#include <algorithm>
 #include <charconv>
 
 namespace outbox {
@@ -29,9 +30,33 @@ result<record_position> parse_position(std::string_view lsn_text, std::string_vi
     return record_position{*l, seq};
 }
 
+position_text::position_text(const record_position& p) noexcept {
+    // X/X as pg_lsn prints it: upper-case hex without leading zeros.
+    auto hex = [](char* out, std::uint32_t v) {
+        auto [end, ec] = std::to_chars(out, out + 8, v, 16);
+        (void)ec;
+        for (char* c = out; c != end; ++c)
+            if (*c >= 'a' && *c <= 'f') *c = static_cast<char>(*c - 'a' + 'A');
+        return static_cast<std::size_t>(end - out);
+    };
+    std::size_t n = hex(lsn_, static_cast<std::uint32_t>(p.commit_lsn.value() >> 32));
+    lsn_[n++] = '/';
+    n += hex(lsn_ + n, static_cast<std::uint32_t>(p.commit_lsn.value()));
+    lsn_len_ = n;
+    auto [end, ec] = std::to_chars(seq_, seq_ + sizeof seq_, p.seq);
+    (void)ec;
+    seq_len_ = static_cast<std::size_t>(end - seq_);
+}
+
 void position_set::merge(const position_set& other) {
     set_.reserve(set_.size() + other.set_.size());
     set_.insert(other.set_.begin(), other.set_.end());
+}
+
+lsn position_set::max_commit_lsn() const noexcept {
+    lsn m;
+    for (const record_position& p : set_) m = std::max(m, p.commit_lsn);
+    return m;
 }
 
 void position_set::erase_below(lsn bound) noexcept {

@@ -20,22 +20,18 @@ bool legal_topic_char(char c) noexcept {
 
 // The error path of required_text, kept out of line so the per-row path
 // inlines to a compare and a copy of the view.
-[[gnu::noinline, gnu::cold]] errc column_error(const pgoutput::tuple_column& c, const std::string& name,
-                                               mapping_error* err) {
+[[gnu::noinline, gnu::cold]] error column_error(const pgoutput::tuple_column& c, const std::string& name) {
     const errc e = c.kind == pgoutput::column_kind::null              ? errc::null_column
                    : c.kind == pgoutput::column_kind::unchanged_toast ? errc::unchanged_toast_column
                                                                       : errc::bad_value;
-    if (err) *err = {e, name};
-    return e;
+    return error(e, name);
 }
 
-// Reads a column that must carry a value ('t' or 'b'). Fills *err with the
-// column name on failure (the string copy happens only on the error path).
-inline result<std::string_view> required_text(const pgoutput::tuple_column& c, const std::string& name,
-                                              mapping_error* err) {
+// Reads a column that must carry a value ('t' or 'b'); the error names it.
+inline result<std::string_view> required_text(const pgoutput::tuple_column& c, const std::string& name) {
     if (c.kind == pgoutput::column_kind::text || c.kind == pgoutput::column_kind::binary) [[likely]]
         return c.value;
-    return column_error(c, name, err);
+    return column_error(c, name);
 }
 
 }  // namespace
@@ -65,6 +61,10 @@ result<outbox_mapper> outbox_mapper::create(routing_config cfg) {
         }
     }
     m.segment_index_.assign(m.segments_.size(), -1);
+    for (const segment& s : m.segments_) m.has_placeholder_ = m.has_placeholder_ || s.placeholder;
+    // A template without placeholders is one fixed topic: check it whole now
+    // (length, "." and "..") so a bad one fails at start-up.
+    if (!m.has_placeholder_ && !valid_topic_name(t)) return errc::bad_topic_template;
     m.cfg_ = std::move(cfg);
     return m;
 }
@@ -73,30 +73,22 @@ bool outbox_mapper::is_outbox(const cached_relation& rel) const noexcept {
     return rel.relname == cfg_.table && rel.nspname == cfg_.schema;
 }
 
-result<void> outbox_mapper::check_relation(const cached_relation& rel, mapping_error* err) const {
+result<void> outbox_mapper::check_relation(const cached_relation& rel) const {
     const outbox_columns& c = cfg_.columns;
-    for (const std::string* name : {&c.id, &c.aggregatetype, &c.aggregateid, &c.type, &c.payload}) {
-        if (rel.column_index(*name) < 0) {
-            if (err) *err = {errc::missing_column, *name};
-            return errc::missing_column;
-        }
-    }
-    for (const segment& s : segments_) {
-        if (s.placeholder && rel.column_index(s.text) < 0) {
-            if (err) *err = {errc::missing_column, s.text};
-            return errc::missing_column;
-        }
-    }
+    for (const std::string* name : {&c.id, &c.aggregatetype, &c.aggregateid, &c.type, &c.payload})
+        if (rel.column_index(*name) < 0) return error(errc::missing_column, *name);
+    for (const segment& s : segments_)
+        if (s.placeholder && rel.column_index(s.text) < 0) return error(errc::missing_column, s.text);
     return {};
 }
 
-result<outbox_record> outbox_mapper::map(const cached_relation& rel, const pgoutput::tuple_data& row,
-                                         mapping_error* err) const {
+result<record> outbox_mapper::map(const cached_relation& rel, const pgoutput::tuple_data& row,
+                                  record_scratch& scratch) const {
     // Resolve column indexes once per relation generation so the per-row path
     // is index arithmetic only. Generation 0 (a relation not built by a
     // relation_cache) is resolved every time rather than trusted.
     if (rel.generation == 0 || rel.generation != resolved_generation_ || rel.relid != resolved_relid_) {
-        auto r = check_relation(rel, err);
+        auto r = check_relation(rel);
         if (!r) return r.error();
         const outbox_columns& c = cfg_.columns;
         idx_id_ = rel.column_index(c.id);
@@ -111,20 +103,18 @@ result<outbox_record> outbox_mapper::map(const cached_relation& rel, const pgout
     }
     // The indexes are only meaningful for a tuple laid out by this relation
     // (relation_cache::check verifies the same; this keeps map() safe alone).
-    if (row.columns.size() != rel.columns.size()) {
-        if (err) *err = {errc::column_count_mismatch, {}};
-        return errc::column_count_mismatch;
-    }
+    if (row.columns.size() != rel.columns.size()) return errc::column_count_mismatch;
     const auto& cols = row.columns;
     const outbox_columns& names = cfg_.columns;
-    outbox_record rec;
+    record rec;
 
-    auto id = required_text(cols[idx_id_], names.id, err);
+    auto id = required_text(cols[idx_id_], names.id);
     if (!id) return id.error();
-    rec.id = *id;
-    auto type = required_text(cols[idx_type_], names.type, err);
+    auto type = required_text(cols[idx_type_], names.type);
     if (!type) return type.error();
-    rec.type = *type;
+    scratch.headers.clear();
+    scratch.headers.push_back({header_id, *id});
+    scratch.headers.push_back({header_type, *type});
 
     // Key: a NULL aggregateid becomes a null Kafka key (the partitioner then
     // spreads those records; the caller decides whether that is acceptable).
@@ -132,7 +122,7 @@ result<outbox_record> outbox_mapper::map(const cached_relation& rel, const pgout
     if (key.kind == pgoutput::column_kind::null) {
         rec.key_null = true;
     } else {
-        auto k = required_text(key, names.aggregateid, err);
+        auto k = required_text(key, names.aggregateid);
         if (!k) return k.error();
         rec.key = *k;
     }
@@ -146,15 +136,13 @@ result<outbox_record> outbox_mapper::map(const cached_relation& rel, const pgout
     if (payload.kind == pgoutput::column_kind::null) {
         rec.value_null = true;
     } else {
-        auto v = required_text(payload, names.payload, err);
+        auto v = required_text(payload, names.payload);
         if (!v) return v.error();
         rec.value = *v;
         if (payload.kind == pgoutput::column_kind::binary &&
             rel.columns[static_cast<std::size_t>(idx_payload_)].type_oid == oid_jsonb) {
-            if (rec.value.empty() || rec.value.front() != jsonb_binary_version) {
-                if (err) *err = {errc::bad_value, names.payload};
-                return errc::bad_value;
-            }
+            if (rec.value.empty() || rec.value.front() != jsonb_binary_version)
+                return error(errc::bad_value, names.payload);
             rec.value.remove_prefix(1);
         }
     }
@@ -167,17 +155,25 @@ result<outbox_record> outbox_mapper::map(const cached_relation& rel, const pgout
             len += segments_[i].text.size();
             continue;
         }
-        auto v = required_text(cols[segment_index_[i]], segments_[i].text, err);
+        auto v = required_text(cols[segment_index_[i]], segments_[i].text);
         if (!v) return v.error();
         len += v->size();
     }
-    rec.topic.reserve(len);
+    std::string& topic = scratch.topic;
+    topic.clear();
+    topic.reserve(len);
     for (std::size_t i = 0; i < segments_.size(); ++i) {
         if (segments_[i].placeholder)
-            rec.topic.append(cols[segment_index_[i]].value);
+            topic.append(cols[segment_index_[i]].value);
         else
-            rec.topic.append(segments_[i].text);
+            topic.append(segments_[i].text);
     }
+    // A fixed template was checked at create(); a placeholder's value can
+    // still make a name Kafka refuses ("bad topic/x"): say so here, naming
+    // the template, rather than let the broker reject it later.
+    if (has_placeholder_ && !valid_topic_name(topic)) return error(errc::invalid_topic, cfg_.topic_template);
+    rec.topic = topic;
+    rec.headers = std::span<const header>(scratch.headers.data(), scratch.headers.size());
     return rec;
 }
 

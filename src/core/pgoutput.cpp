@@ -6,17 +6,19 @@ namespace outbox::pgoutput {
 namespace {
 
 // A byte_reader that records where it failed. Every getter returns false on
-// error after filling the decoder's error site with the field name and the
+// error after recording in its error the field name and the
 // offset at which that field starts, so the message decoders below read as
 // a list of fields and stay free of error plumbing.
 class cursor {
 public:
-    cursor(std::string_view payload, decode_error_site& site) noexcept : r_(payload), site_(site) {}
+    explicit cursor(std::string_view payload) noexcept : r_(payload) {}
 
-    bool fail(const char* field, std::size_t offset, errc e) noexcept {
-        site_.field = field;
-        site_.offset = offset;
-        err_ = e;
+    void set_tag(char tag) noexcept { tag_ = tag; }
+
+    // Failure paths only: the error is built here, so a successful decode
+    // touches no string.
+    bool fail(const char* field, std::size_t offset, errc e) {
+        err_ = error(e, field, offset, tag_);
         return false;
     }
 
@@ -63,19 +65,19 @@ public:
 
     std::size_t offset() const noexcept { return r_.offset(); }
     std::size_t remaining() const noexcept { return r_.remaining(); }
-    boost::system::error_code error() const noexcept { return err_; }
+    const error& err() const noexcept { return err_; }
 
 private:
     template <class T, class U>
     bool take(const char* field, result<T> r, U& out) noexcept {
-        if (!r) return fail(field, r_.offset(), static_cast<errc>(r.error().value()));
+        if (!r) return fail(field, r_.offset(), r.error().code);
         out = *r;
         return true;
     }
 
     byte_reader r_;
-    decode_error_site& site_;
-    boost::system::error_code err_;
+    char tag_ = 0;
+    error err_;
 };
 
 // The [xid] prefix that DML, Relation, Type, Truncate and Message carry
@@ -149,20 +151,19 @@ bool read_prepare(cursor& c, prepare& m) {
 decoder::decoder(decoder_options opts) noexcept : opts_(opts) {}
 
 result<message_variant> decoder::decode(std::string_view payload) {
-    site_ = decode_error_site{};
-    cursor c(payload, site_);
+    cursor c(payload);
     char tag = 0;
-    if (!c.ch("tag", tag)) return c.error();
-    site_.tag = tag;
+    if (!c.ch("tag", tag)) return c.err();
+    c.set_tag(tag);
 
     int need = min_version(tag);
     if (need == 0) {
         c.fail("tag", 0, errc::unknown_tag);
-        return c.error();
+        return c.err();
     }
     if (opts_.proto_version < need) {
         c.fail("tag", 0, errc::tag_not_in_version);
-        return c.error();
+        return c.err();
     }
 
     // Each case reads its fields in wire order; `&&` stops at the first
@@ -383,7 +384,7 @@ result<message_variant> decoder::decode(std::string_view payload) {
             break;
         }
     }
-    return c.error();
+    return c.err();
 }
 
 }  // namespace outbox::pgoutput

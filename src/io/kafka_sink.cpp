@@ -10,6 +10,7 @@
 // op already served costs one empty poll.
 #include "outbox_relay/io/kafka_sink.hpp"
 
+#include "outbox_relay/config.hpp"
 #include "outbox_relay/io/log.hpp"
 #include "outbox_relay/outbox.hpp"
 
@@ -82,24 +83,12 @@ std::string shown_value(std::string_view name, std::string_view value) {
     return is_secret(name) ? std::string("********") : std::string(value);
 }
 
-// librdkafka's bool parser accepts true/t/1 and false/f/0.
-bool is_true(std::string_view v) noexcept { return v == "true" || v == "t" || v == "1"; }
-
-// Rejects a user setting that would weaken what the sink guarantees: order and
-// no duplicates from retries (idempotence, acks=all) and no silent drop inside
-// the producer (no message timeout). Transactions are a different protocol.
-void check_not_weakened(const std::string& name, const std::string& value) {
-    auto refuse = [&](std::string_view why) {
-        throw std::runtime_error(fmt::format("kafka property {}={} is not allowed: {}", name,
-                                             shown_value(name, value), why));
-    };
-    if (name == "enable.idempotence" && !is_true(value))
-        refuse("the sink requires enable.idempotence=true (per-key order, no duplicates from retries)");
-    if ((name == "acks" || name == "request.required.acks") && value != "all" && value != "-1")
-        refuse("the sink requires acks=all");
-    if ((name == "message.timeout.ms" || name == "delivery.timeout.ms") && value != "0")
-        refuse("the sink requires message.timeout.ms=0 (records never time out inside the producer)");
-    if (name == "transactional.id") refuse("the sink uses the idempotent producer, not transactions");
+// The relay forces these (config.hpp keeps the list); a caller that sets one
+// gets an error naming it instead of a silently weaker producer.
+void check_not_refused(const std::string& name, const std::string& value) {
+    if (auto why = outbox::refused_kafka_property(name); !why.empty())
+        throw std::runtime_error(
+            fmt::format("kafka property {}={} is not allowed: {}", name, shown_value(name, value), why));
 }
 
 struct conf_deleter {
@@ -127,13 +116,7 @@ void log_cb(const rd_kafka_t*, int level, const char* fac, const char* buf) {
         log::debug("kafka/rdkafka", "event=rdkafka_log fac={} msg={}", fac, log::quote(buf));
 }
 
-std::size_t record_bytes(const kafka_message& msg) noexcept {
-    std::size_t n = msg.key.size() + msg.value.size();
-    for (const auto& h : msg.headers) n += h.name.size() + h.value.size();
-    return n;
-}
-
-// The same measure as record_bytes, from what librdkafka hands back.
+// The same measure as record::bytes(), from what librdkafka hands back.
 std::size_t record_bytes(rd_kafka_message_t* m) noexcept {
     std::size_t n = m->len + m->key_len;
     rd_kafka_headers_t* hdrs = nullptr;
@@ -179,7 +162,12 @@ struct kafka_sink::impl {
     bool fatal_reported = false;
     bool synth_posted = false;
     std::deque<synthesized> synth;
-    std::string topic_buf;          // NUL-terminated copy of the topic for producev
+    // Topic handles by name: producing through a handle skips librdkafka's
+    // by-name lookup, and creating one (rd_kafka_topic_new) asks for the
+    // topic's metadata at once. The last one used is kept at hand.
+    std::unordered_map<std::string, rd_kafka_topic_t*> topics;
+    std::string last_topic_name;
+    rd_kafka_topic_t* last_topic = nullptr;
     // A handler that throws inside a librdkafka callback must not unwind
     // through C frames; it is rethrown once rd_kafka_poll has returned.
     std::exception_ptr pending_exception;
@@ -207,9 +195,10 @@ struct kafka_sink::impl {
         delivery_report r;
         r.tag = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(m->_private));
         r.err = m->err;
+        r.bytes = bytes;
         if (m->err) {
             r.error = rd_kafka_err2str(m->err);
-            r.permanent = is_permanent(m->err);
+            r.status = is_permanent(m->err) ? outbox::delivery_status::permanent : outbox::delivery_status::transient;
             // The failure path (dead-letter routing, the exit message) names the event.
             rd_kafka_headers_t* hdrs = nullptr;
             const void* id = nullptr;
@@ -220,7 +209,7 @@ struct kafka_sink::impl {
                 id)
                 r.event_id.assign(static_cast<const char*>(id), id_size);
             log::debug(mod, "event=delivery_failed tag={} err={} error={} permanent={}", r.tag,
-                       rd_kafka_err2name(m->err), log::quote(r.error), r.permanent);
+                       rd_kafka_err2name(m->err), log::quote(r.error), r.permanent());
         }
         r.partition = m->partition;
         // RD_KAFKA_OFFSET_INVALID when the broker answered DUPLICATE_SEQUENCE_NUMBER.
@@ -239,9 +228,10 @@ struct kafka_sink::impl {
             rd_kafka_resp_err_t fatal = rd_kafka_fatal_error(rk, buf, sizeof buf);
             self.failed_ = true;
             std::string why = fmt::format("{}: {}", rd_kafka_err2name(fatal), buf);
-            log::error(mod, "event=fatal_error err={} reason={} in_flight={}", rd_kafka_err2name(fatal),
-                       log::quote(buf), self.in_flight_);
-            post_fatal(std::move(why));
+            const outbox::producer_fault fault = classify_fatal(fatal);
+            log::error(mod, "event=fatal_error err={} reason={} in_flight={} healable={}", rd_kafka_err2name(fatal),
+                       log::quote(buf), self.in_flight_, fault == outbox::producer_fault::healable);
+            post_fatal(fault, std::move(why));
             return;
         }
         // Broker-down and similar errors repeat every reconnect attempt:
@@ -260,12 +250,12 @@ struct kafka_sink::impl {
 
     // The fatal handler runs from its own loop turn, not from inside
     // rd_kafka_poll, so it may tear the sink down.
-    void post_fatal(std::string why) {
+    void post_fatal(outbox::producer_fault fault, std::string why) {
         if (fatal_reported) return;
         fatal_reported = true;
-        boost::asio::post(ioc, [w = std::weak_ptr<int>(alive), this, why = std::move(why)] {
+        boost::asio::post(ioc, [w = std::weak_ptr<int>(alive), this, fault, why = std::move(why)] {
             if (w.expired() || discard_reports) return;
-            if (on_fatal) on_fatal(why);
+            if (on_fatal) on_fatal(fault, why);
         });
     }
 
@@ -288,8 +278,9 @@ struct kafka_sink::impl {
             delivery_report r;
             r.tag = s.tag;
             r.err = s.err;
+            r.bytes = s.bytes;
             r.error = rd_kafka_err2str(s.err);
-            r.permanent = is_permanent(s.err);
+            r.status = is_permanent(s.err) ? outbox::delivery_status::permanent : outbox::delivery_status::transient;
             r.topic = s.topic;
             r.event_id = std::move(s.event_id);
             try {
@@ -300,6 +291,23 @@ struct kafka_sink::impl {
                 throw;
             }
         }
+    }
+
+    // The handle of `topic`, created on first use (which also triggers
+    // librdkafka's asynchronous metadata query for it; producev by name does
+    // not, and would wait for the periodic refresh). Null when librdkafka
+    // refuses the name.
+    rd_kafka_topic_t* topic_handle(std::string_view topic) {
+        if (last_topic != nullptr && topic == last_topic_name) return last_topic;
+        auto it = topics.find(std::string(topic));
+        if (it == topics.end()) {
+            rd_kafka_topic_t* rkt = rd_kafka_topic_new(rk, std::string(topic).c_str(), nullptr);
+            if (rkt == nullptr) return nullptr;
+            it = topics.emplace(std::string(topic), rkt).first;
+        }
+        last_topic_name.assign(topic);
+        last_topic = it->second;
+        return last_topic;
     }
 
     void serve() {
@@ -345,13 +353,17 @@ kafka_sink::kafka_sink(boost::asio::io_context& ioc, const sink_config& cfg, rep
     if (!cfg.brokers.empty()) set_prop(conf.get(), "bootstrap.servers", cfg.brokers);
     set_prop(conf.get(), "client.id", cfg.client_id);
     for (const auto& [name, value] : cfg.properties) {
-        check_not_weakened(name, value);
+        check_not_refused(name, value);
         set_prop(conf.get(), name, value);
     }
     // Forced last so nothing above can change them.
     set_prop(conf.get(), "enable.idempotence", "true");
     set_prop(conf.get(), "acks", "all");
     set_prop(conf.get(), "message.timeout.ms", "0");
+    if (cfg.queue_max_messages > 0)
+        set_prop(conf.get(), "queue.buffering.max.messages", std::to_string(cfg.queue_max_messages));
+    if (cfg.queue_max_kbytes > 0)
+        set_prop(conf.get(), "queue.buffering.max.kbytes", std::to_string(cfg.queue_max_kbytes));
 
     rd_kafka_conf_set_opaque(conf.get(), impl_.get());
     rd_kafka_conf_set_dr_msg_cb(conf.get(), &impl::dr_cb);
@@ -395,60 +407,69 @@ kafka_sink::~kafka_sink() {
     log::info(mod, "event=producer_destroyed purged={} unreported_failures={}", waiting, d.synth.size());
     rd_kafka_queue_io_event_enable(d.main_q, -1, nullptr, 0);
     rd_kafka_queue_destroy(d.main_q);
+    for (auto& [name, rkt] : d.topics) rd_kafka_topic_destroy(rkt);
+    d.topics.clear();
     rd_kafka_destroy(d.rk);
     ::close(d.wake_write_fd);
     boost::system::error_code ignored;
     d.wake_read.close(ignored);
 }
 
-kafka_sink::produce_result kafka_sink::produce(const kafka_message& msg, std::uint64_t tag) {
+void kafka_sink::prepare_topic(std::string_view topic) { (void)impl_->topic_handle(topic); }
+
+void kafka_sink::produce(const outbox::record& rec, std::uint64_t tag) {
     auto& d = *impl_;
+    const std::size_t bytes = rec.bytes();
+    // Every outcome is a report, so the caller has one path for all of them:
+    // here, from a later loop turn, with the record's counts already added.
+    auto refuse = [&](rd_kafka_resp_err_t err) {
+        ++in_flight_;
+        bytes_in_flight_ += bytes;
+        std::string event_id;
+        for (const auto& h : rec.headers)
+            if (h.name == outbox::header_id) event_id = h.value;
+        d.synth.push_back({tag, err, std::string(rec.topic), bytes, std::move(event_id)});
+        d.post_synth();
+    };
     // The fatal state can be set before its error op is served.
     if (failed_ || rd_kafka_fatal_error(d.rk, nullptr, 0) != RD_KAFKA_RESP_ERR_NO_ERROR) {
         failed_ = true;
-        return produce_result::fatal;
+        refuse(RD_KAFKA_RESP_ERR__FATAL);
+        return;
+    }
+    rd_kafka_topic_t* rkt = d.topic_handle(rec.topic);
+    if (rkt == nullptr) {
+        refuse(RD_KAFKA_RESP_ERR__INVALID_ARG);
+        return;
     }
     rd_kafka_headers_t* hdrs = nullptr;
-    if (!msg.headers.empty()) {
-        hdrs = rd_kafka_headers_new(msg.headers.size());
-        for (const auto& h : msg.headers)
+    if (!rec.headers.empty()) {
+        hdrs = rd_kafka_headers_new(rec.headers.size());
+        for (const auto& h : rec.headers)
             rd_kafka_header_add(hdrs, h.name.data(), static_cast<ssize_t>(h.name.size()), h.value.data(),
                                 static_cast<ssize_t>(h.value.size()));
     }
-    d.topic_buf.assign(msg.topic);
     // A null pointer means a null key/value to librdkafka; an empty but present
     // one needs a non-null pointer (a default string_view has none).
     static const char empty[1] = {0};
-    const void* key = msg.key_null ? nullptr : (msg.key.data() ? msg.key.data() : empty);
-    void* value = msg.value_null ? nullptr : const_cast<char*>(msg.value.data() ? msg.value.data() : empty);
+    const void* key = rec.key_null ? nullptr : (rec.key.data() ? rec.key.data() : empty);
+    void* value = rec.value_null ? nullptr : const_cast<char*>(rec.value.data() ? rec.value.data() : empty);
     rd_kafka_resp_err_t err = rd_kafka_producev(
-        d.rk, RD_KAFKA_V_TOPIC(d.topic_buf.c_str()), RD_KAFKA_V_KEY(key, msg.key_null ? 0 : msg.key.size()),
-        RD_KAFKA_V_VALUE(value, msg.value_null ? 0 : msg.value.size()), RD_KAFKA_V_HEADERS(hdrs),
+        d.rk, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_KEY(key, rec.key_null ? 0 : rec.key.size()),
+        RD_KAFKA_V_VALUE(value, rec.value_null ? 0 : rec.value.size()), RD_KAFKA_V_HEADERS(hdrs),
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
         RD_KAFKA_V_OPAQUE(reinterpret_cast<void*>(static_cast<std::uintptr_t>(tag))), RD_KAFKA_V_END);
-    std::size_t bytes = record_bytes(msg);
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         ++in_flight_;
         bytes_in_flight_ += bytes;
-        return produce_result::ok;
+        return;
     }
     // On failure the headers are still ours.
     if (hdrs) rd_kafka_headers_destroy(hdrs);
-    if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) return produce_result::queue_full;
-    if (err == RD_KAFKA_RESP_ERR__FATAL) {
-        failed_ = true;
-        return produce_result::fatal;
-    }
-    log::warn(mod, "event=produce_refused tag={} topic={} err={} bytes={}", tag, log::quote(msg.topic),
+    if (err == RD_KAFKA_RESP_ERR__FATAL) failed_ = true;
+    log::warn(mod, "event=produce_refused tag={} topic={} err={} bytes={}", tag, log::quote(rec.topic),
               rd_kafka_err2name(err), bytes);
-    ++in_flight_;
-    bytes_in_flight_ += bytes;
-    std::string event_id;
-    for (const auto& h : msg.headers)
-        if (h.name == outbox::header_id) event_id = h.value;
-    d.synth.push_back({tag, err, std::string(msg.topic), bytes, std::move(event_id)});
-    d.post_synth();
-    return produce_result::ok;
+    refuse(err);
 }
 
 void kafka_sink::poll() { impl_->serve(); }
@@ -469,18 +490,25 @@ bool kafka_sink::flush(std::chrono::milliseconds timeout) {
 
 void* kafka_sink::native_handle() const noexcept { return impl_->rk; }
 
-bool kafka_sink::warm_topic(const std::string& topic, std::chrono::milliseconds timeout) {
-    // A metadata request for one topic: its answer lands in the handle's
-    // metadata cache, which the partitioner reads on the next produce().
-    rd_kafka_topic_t* rkt = rd_kafka_topic_new(impl_->rk, topic.c_str(), nullptr);
-    if (rkt == nullptr) return false;
-    const struct rd_kafka_metadata* md = nullptr;
-    const auto err = rd_kafka_metadata(impl_->rk, 0, rkt, &md, static_cast<int>(timeout.count()));
-    bool ok = err == RD_KAFKA_RESP_ERR_NO_ERROR && md != nullptr && md->topic_cnt == 1 &&
-              md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR;
-    if (md != nullptr) rd_kafka_metadata_destroy(md);
-    rd_kafka_topic_destroy(rkt);
-    return ok;
+outbox::producer_fault classify_fatal(int rd_kafka_err) noexcept {
+    switch (static_cast<rd_kafka_resp_err_t>(rd_kafka_err)) {
+    // Authorisation and features: a new producer asks the same cluster the
+    // same question and gets the same answer.
+    case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED:
+    case RD_KAFKA_RESP_ERR__UNSUPPORTED_FEATURE:
+    case RD_KAFKA_RESP_ERR_UNSUPPORTED_VERSION:
+    case RD_KAFKA_RESP_ERR_INVALID_CONFIG:
+    case RD_KAFKA_RESP_ERR__INVALID_ARG:
+    case RD_KAFKA_RESP_ERR_INVALID_TRANSACTION_TIMEOUT:
+        return outbox::producer_fault::permanent;
+    default:
+        // Sequence desynchronisation, an unknown producer id, a fenced epoch
+        // of the idempotent producer: a new producer (new id) starts clean.
+        return outbox::producer_fault::healable;
+    }
 }
 
 }  // namespace outbox::io

@@ -3,6 +3,7 @@
 #include "outbox_relay/io/log.hpp"
 #include "outbox_relay/outbox.hpp"
 
+#include <boost/asio/post.hpp>
 #include <librdkafka/rdkafka.h>
 #include <unistd.h>
 
@@ -78,8 +79,9 @@ using consumer_ptr = std::unique_ptr<rd_kafka_t, consumer_deleter>;
 void set_prop(rd_kafka_conf_t* conf, const std::string& name, const std::string& value) {
     char errstr[512];
     if (rd_kafka_conf_set(conf, name.c_str(), value.c_str(), errstr, sizeof errstr) != RD_KAFKA_CONF_OK)
-        throw std::runtime_error(fmt::format("kafka tail scan: property {}={}: {}", name,
-                                             is_secret(name) ? std::string("********") : value, errstr));
+        throw tail_scan_error(fmt::format("kafka tail scan: property {}={}: {}", name,
+                                          is_secret(name) ? std::string("********") : value, errstr),
+                              true);
 }
 
 // librdkafka logs from its own threads; spdlog's logger is thread-safe. A scan
@@ -116,6 +118,8 @@ bool is_permanent(rd_kafka_resp_err_t e) noexcept {
     case RD_KAFKA_RESP_ERR__AUTHENTICATION:
     case RD_KAFKA_RESP_ERR__SSL:
     case RD_KAFKA_RESP_ERR__FATAL:
+    case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:     // a name the brokers refuse
+    case RD_KAFKA_RESP_ERR_INVALID_REQUEST:
         return true;
     default:
         return false;
@@ -157,7 +161,7 @@ consumer_ptr make_consumer(const tail_scan_options& opts, error_state& errs) {
 
     char errstr[512];
     rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf.get(), errstr, sizeof errstr);
-    if (!rk) throw std::runtime_error(fmt::format("kafka tail scan: cannot create consumer: {}", errstr));
+    if (!rk) throw tail_scan_error(fmt::format("kafka tail scan: cannot create consumer: {}", errstr), true);
     conf.release();  // owned by rk now
     // Logs and errors are then served by consumer_poll on this thread.
     rd_kafka_poll_set_consumer(rk);
@@ -184,11 +188,12 @@ public:
         rk_ = make_consumer(opts_, errs_);
         rkt_.reset(rd_kafka_topic_new(rk_.get(), topic_.c_str(), nullptr));
         if (!rkt_)
-            throw std::runtime_error(fmt::format("kafka tail scan of topic {}: cannot create topic handle: {}",
-                                                 topic_, rd_kafka_err2str(rd_kafka_last_error())));
+            throw tail_scan_error(fmt::format("kafka tail scan of topic {}: cannot create topic handle: {}", topic_,
+                                              rd_kafka_err2str(rd_kafka_last_error())),
+                                  true);
         std::vector<std::int32_t> ids = partitions();
         res_.partitions = ids.size();
-        for (std::int32_t id : ids) parts_.push_back(watermarks(id));
+        if (!ids.empty()) watermarks(ids);
         for (std::size_t i = 0; i < parts_.size(); ++i) index_[parts_[i].id] = i;
 
         std::int64_t chunk = std::max<std::int64_t>(1, opts_.first_chunk);
@@ -214,17 +219,20 @@ private:
         const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - steady::now());
         return static_cast<int>(std::clamp<std::int64_t>(left.count(), 1, 1 << 30));
     }
-    bool expired() const { return steady::now() >= deadline_; }
+    bool cancelled() const { return opts_.cancel != nullptr && opts_.cancel->load(std::memory_order_relaxed); }
+    bool expired() const { return steady::now() >= deadline_ || cancelled(); }
 
-    [[noreturn]] void fail(std::string_view what, std::string_view cause) const {
-        throw std::runtime_error(fmt::format("kafka tail scan of topic {} failed after {} ms {}: {}", topic_,
-                                             std::chrono::duration_cast<std::chrono::milliseconds>(
-                                                 steady::now() - t0_).count(),
-                                             what, cause.empty() ? std::string_view("no answer from the brokers")
-                                                                 : cause));
+    [[noreturn]] void fail(std::string_view what, std::string_view cause, bool permanent = false) const {
+        throw tail_scan_error(
+            fmt::format("kafka tail scan of topic {} failed after {} ms {}: {}", topic_,
+                        std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - t0_).count(), what,
+                        cancelled()      ? std::string_view("cancelled")
+                        : cause.empty() ? std::string_view("no answer from the brokers")
+                                        : cause),
+            permanent);
     }
     void check_permanent(std::string_view what) const {
-        if (errs_.permanent != RD_KAFKA_RESP_ERR_NO_ERROR) fail(what, errs_.last);
+        if (errs_.permanent != RD_KAFKA_RESP_ERR_NO_ERROR) fail(what, errs_.last, true);
     }
     // Short pause between retries that still serves logs and error callbacks.
     void backoff() { msg_ptr{rd_kafka_consumer_poll(rk_.get(), std::min(100, remaining_ms()))}; }
@@ -251,7 +259,7 @@ private:
                 continue;
             }
             if (t->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) return {};
-            if (is_permanent(t->err)) fail("reading metadata", rd_kafka_err2str(t->err));
+            if (is_permanent(t->err)) fail("reading metadata", rd_kafka_err2str(t->err), true);
             // LEADER_NOT_AVAILABLE right after creation, or a partition list
             // still empty: the cluster is settling, ask again.
             if (t->err != RD_KAFKA_RESP_ERR_NO_ERROR || t->partition_cnt == 0) {
@@ -266,24 +274,55 @@ private:
         }
     }
 
-    partition_state watermarks(std::int32_t id) {
+    // Low and high watermarks of every partition, batched: ListOffsets for
+    // "earliest" (-2) and "latest" (-1), one request per partition leader
+    // each (rd_kafka_offsets_for_times), instead of two per partition. With
+    // read_committed, "latest" is the last stable offset: what can be read.
+    void watermarks(const std::vector<std::int32_t>& ids) {
+        std::vector<std::int64_t> lo = offsets_at(ids, RD_KAFKA_OFFSET_BEGINNING);
+        std::vector<std::int64_t> hi = offsets_at(ids, RD_KAFKA_OFFSET_END);
+        for (std::size_t i = 0; i < ids.size(); ++i) {
+            partition_state p;
+            p.id = ids[i];
+            p.lo = lo[i];
+            p.hi = std::max(hi[i], lo[i]);
+            p.end = p.hi;
+            // Nothing to read: an empty partition is done before any round.
+            p.done = p.hi <= p.lo;
+            parts_.push_back(p);
+        }
+    }
+
+    std::vector<std::int64_t> offsets_at(const std::vector<std::int32_t>& ids, std::int64_t which) {
         for (;;) {
             check_permanent("reading watermarks");
-            if (expired()) fail(fmt::format("reading watermarks of partition {}", id), errs_.last);
-            std::int64_t lo = -1, hi = -1;
-            const auto err = rd_kafka_query_watermark_offsets(rk_.get(), topic_.c_str(), id, &lo, &hi, remaining_ms());
+            if (expired()) fail("reading watermarks", errs_.last);
+            tpl_ptr l{rd_kafka_topic_partition_list_new(static_cast<int>(ids.size()))};
+            for (std::int32_t id : ids) rd_kafka_topic_partition_list_add(l.get(), topic_.c_str(), id)->offset = which;
+            const auto err = rd_kafka_offsets_for_times(rk_.get(), l.get(), std::min(remaining_ms(), 5000));
             if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-                partition_state p;
-                p.id = id;
-                p.lo = lo;
-                p.hi = hi;
-                p.end = hi;
-                // Nothing to read: an empty partition is done before any round.
-                p.done = hi <= lo;
-                return p;
+                std::vector<std::int64_t> out(ids.size(), -1);
+                bool all = true;
+                for (int i = 0; i < l->cnt; ++i) {
+                    const auto& e = l->elems[i];
+                    const auto at = std::find(ids.begin(), ids.end(), e.partition);
+                    if (at == ids.end()) continue;
+                    if (e.err != RD_KAFKA_RESP_ERR_NO_ERROR || e.offset < 0) {
+                        if (is_permanent(e.err))
+                            fail(fmt::format("reading watermarks of partition {}", e.partition),
+                                 rd_kafka_err2str(e.err), true);
+                        errs_.last = fmt::format("watermarks of partition {}: {}", e.partition,
+                                                 rd_kafka_err2str(e.err));
+                        all = false;
+                        continue;
+                    }
+                    out[static_cast<std::size_t>(at - ids.begin())] = e.offset;
+                }
+                if (all && std::find(out.begin(), out.end(), -1) == out.end()) return out;
+            } else {
+                if (is_permanent(err)) fail("reading watermarks", rd_kafka_err2str(err), true);
+                errs_.last = fmt::format("watermarks: {}", rd_kafka_err2str(err));
             }
-            if (is_permanent(err)) fail(fmt::format("reading watermarks of partition {}", id), rd_kafka_err2str(err));
-            errs_.last = fmt::format("watermarks of partition {}: {}", id, rd_kafka_err2str(err));
             backoff();
         }
     }
@@ -348,7 +387,7 @@ private:
         // assign() replaces the previous round's assignment; librdkafka drops
         // messages still queued from it.
         if (const auto err = rd_kafka_assign(rk_.get(), assignment.get()); err != RD_KAFKA_RESP_ERR_NO_ERROR)
-            fail("assigning partitions", rd_kafka_err2str(err));
+            fail("assigning partitions", rd_kafka_err2str(err), true);
 
         while (pending > 0) {
             check_permanent("fetching");
@@ -365,7 +404,7 @@ private:
                 continue;
             }
             if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-                if (is_permanent(m->err)) fail("fetching", rd_kafka_err2str(m->err));
+                if (is_permanent(m->err)) fail("fetching", rd_kafka_err2str(m->err), true);
                 // Transient (leader moved, broker gone): librdkafka retries by
                 // itself; the deadline bounds how long we let it.
                 errs_.last = fmt::format("fetch partition {}: {}", m->partition, rd_kafka_err2str(m->err));
@@ -409,6 +448,60 @@ private:
 
 tail_scan_result scan_topic_tail(const tail_scan_options& opts, const std::string& topic, outbox::lsn from) {
     return scanner(opts, topic, from).run();
+}
+
+tail_scan_pool::tail_scan_pool(boost::asio::io_context& ioc, tail_scan_options base, std::size_t max_parallel)
+    : ioc_(ioc), base_(std::move(base)) {
+    base_.cancel = &cancel_;
+    for (std::size_t i = 0; i < std::max<std::size_t>(1, max_parallel); ++i) workers_.emplace_back([this] { work(); });
+}
+
+tail_scan_pool::~tail_scan_pool() {
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        stopping_ = true;
+        queue_.clear();
+    }
+    cancel_.store(true);
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+}
+
+void tail_scan_pool::submit(std::string topic, outbox::lsn from, done_fn done) {
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        queue_.push_back(job{std::move(topic), from, std::move(done)});
+    }
+    cv_.notify_one();
+}
+
+void tail_scan_pool::work() {
+    for (;;) {
+        job j;
+        {
+            std::unique_lock<std::mutex> lock(mu_);
+            cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+            if (stopping_) return;
+            j = std::move(queue_.front());
+            queue_.pop_front();
+        }
+        std::optional<tail_scan_result> result;
+        std::optional<tail_scan_error> error;
+        try {
+            result = scan_topic_tail(base_, j.topic, j.from);
+        } catch (const tail_scan_error& e) {
+            error = e;
+        } catch (const std::exception& e) {
+            // std::bad_alloc and the like: worth another try later.
+            error = tail_scan_error(fmt::format("kafka tail scan of topic {}: {}", j.topic, e.what()), false);
+        }
+        // The completion runs on the loop, and only while the pool lives.
+        boost::asio::post(ioc_, [w = std::weak_ptr<int>(alive_), done = std::move(j.done), result = std::move(result),
+                                 error = std::move(error)]() mutable {
+            if (w.expired()) return;
+            done(std::move(result), std::move(error));
+        });
+    }
 }
 
 }  // namespace outbox::io

@@ -36,7 +36,7 @@ struct result_deleter {
 using conn_ptr = std::unique_ptr<PGconn, conn_deleter>;
 using result_ptr = std::unique_ptr<PGresult, result_deleter>;
 
-setup_result failed(setup_failure f, std::string msg) {
+setup_result failed(exit_code f, std::string msg) {
     log::error(mod, "event=setup_failed code={} error={}", static_cast<int>(f), log::quote(msg));
     return {f, std::move(msg)};
 }
@@ -115,9 +115,9 @@ setup_result prepare_postgres(const relay_config& cfg) {
     const char* keys[] = {"dbname", "application_name", "client_encoding", nullptr};
     const char* vals[] = {cfg.postgres.c_str(), "outbox-relay-setup", "UTF8", nullptr};
     conn_ptr conn(PQconnectdbParams(keys, vals, /*expand_dbname=*/1));
-    if (!conn) return failed(setup_failure::connect, "cannot connect to Postgres: out of memory");
+    if (!conn) return failed(exit_code::pg_connect, "cannot connect to Postgres: out of memory");
     if (PQstatus(conn.get()) != CONNECTION_OK)
-        return failed(setup_failure::connect,
+        return failed(exit_code::pg_connect,
                       "cannot connect to Postgres: " + one_line(PQerrorMessage(conn.get())) +
                           " (check --postgres host, port, user, password and pg_hba.conf)");
     session db(conn.get());
@@ -128,15 +128,15 @@ setup_result prepare_postgres(const relay_config& cfg) {
     const std::string table_lit = db.literal(rt.table);
     const std::string qualified = db.ident(rt.schema) + "." + db.ident(rt.table);
     if (slot_lit.empty() || pub_lit.empty() || pub_id.empty() || schema_lit.empty() || table_lit.empty())
-        return failed(setup_failure::connect, "cannot quote names: " + one_line(PQerrorMessage(conn.get())));
+        return failed(exit_code::pg_connect, "cannot quote names: " + one_line(PQerrorMessage(conn.get())));
 
     // --- wal_level
     {
         auto r = db.exec("SHOW wal_level");
-        if (!r) return failed(setup_failure::wal_level, "cannot read wal_level: " + db.error());
+        if (!r) return failed(exit_code::wal_level, "cannot read wal_level: " + db.error());
         std::string level = PQgetvalue(r.get(), 0, 0);
         if (level != "logical")
-            return failed(setup_failure::wal_level,
+            return failed(exit_code::wal_level,
                           "wal_level is " + level + ": set wal_level = logical in postgresql.conf and restart");
     }
 
@@ -145,10 +145,10 @@ setup_result prepare_postgres(const relay_config& cfg) {
     {
         auto r = db.exec("SELECT current_user, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user");
         if (!r || PQntuples(r.get()) != 1)
-            return failed(setup_failure::privileges, "cannot read the role's attributes: " + db.error());
+            return failed(exit_code::privileges, "cannot read the role's attributes: " + db.error());
         role = PQgetvalue(r.get(), 0, 0);
         if (std::string_view(PQgetvalue(r.get(), 0, 1)) != "t")
-            return failed(setup_failure::privileges,
+            return failed(exit_code::privileges,
                           "role " + role + " lacks REPLICATION: run ALTER ROLE " + db.ident(role) + " REPLICATION");
     }
 
@@ -156,17 +156,17 @@ setup_result prepare_postgres(const relay_config& cfg) {
     std::string relid;
     {
         auto r = db.exec("SELECT to_regclass(" + db.literal(qualified) + ")::oid");
-        if (!r) return failed(setup_failure::table_missing, "cannot look up table " + table_text + ": " + db.error());
+        if (!r) return failed(exit_code::table_missing, "cannot look up table " + table_text + ": " + db.error());
         if (PQgetisnull(r.get(), 0, 0))
-            return failed(setup_failure::table_missing,
+            return failed(exit_code::table_missing,
                           "table " + table_text + " does not exist: create the outbox table or fix --table");
         relid = PQgetvalue(r.get(), 0, 0);
     }
     {
         auto r = db.exec("SELECT has_table_privilege(" + relid + "::oid, 'SELECT')");
-        if (!r) return failed(setup_failure::privileges, "cannot check privileges: " + db.error());
+        if (!r) return failed(exit_code::privileges, "cannot check privileges: " + db.error());
         if (std::string_view(PQgetvalue(r.get(), 0, 0)) != "t")
-            return failed(setup_failure::privileges, "role " + role + " cannot read " + table_text +
+            return failed(exit_code::privileges, "role " + role + " cannot read " + table_text +
                                                          ": run GRANT SELECT ON " + qualified + " TO " +
                                                          db.ident(role));
     }
@@ -174,12 +174,12 @@ setup_result prepare_postgres(const relay_config& cfg) {
     {
         auto r = db.exec("SELECT attname FROM pg_attribute WHERE attrelid = " + relid +
                          "::oid AND attnum > 0 AND NOT attisdropped");
-        if (!r) return failed(setup_failure::column_missing, "cannot list columns: " + db.error());
+        if (!r) return failed(exit_code::column_missing, "cannot list columns: " + db.error());
         std::set<std::string> have;
         for (int i = 0; i < PQntuples(r.get()); ++i) have.insert(PQgetvalue(r.get(), i, 0));
         for (const auto& [col, why] : needed)
             if (!have.count(col))
-                return failed(setup_failure::column_missing, "table " + table_text + " has no column \"" + col +
+                return failed(exit_code::column_missing, "table " + table_text + " has no column \"" + col +
                                                                  "\" (needed by " + why +
                                                                  "): add it or change the routing config");
     }
@@ -190,38 +190,38 @@ setup_result prepare_postgres(const relay_config& cfg) {
         "CREATE PUBLICATION " + pub_id + " FOR TABLE " + qualified + " WITH (publish = 'insert')";
     {
         auto r = db.exec("SELECT pubinsert FROM pg_publication WHERE pubname = " + pub_lit);
-        if (!r) return failed(setup_failure::publication, "cannot read pg_publication: " + db.error());
+        if (!r) return failed(exit_code::publication, "cannot read pg_publication: " + db.error());
         if (PQntuples(r.get()) == 0) {
             if (!cfg.create_slot)
-                return failed(setup_failure::publication,
+                return failed(exit_code::publication,
                               "publication " + cfg.publication + " does not exist: run " + create_pub);
             if (!db.exec(create_pub, PGRES_COMMAND_OK))
-                return failed(setup_failure::publication,
+                return failed(exit_code::publication,
                               "cannot create publication " + cfg.publication + ": " + db.error());
             log::info(mod, "event=publication_created publication={} table={}", log::quote(cfg.publication),
                       log::quote(table_text));
         } else {
             if (std::string_view(PQgetvalue(r.get(), 0, 0)) != "t")
-                return failed(setup_failure::publication,
+                return failed(exit_code::publication,
                               "publication " + cfg.publication + " does not publish inserts: run ALTER PUBLICATION " +
                                   pub_id + " SET (publish = 'insert')");
             auto t = db.exec("SELECT 1 FROM pg_publication_tables WHERE pubname = " + pub_lit +
                              " AND schemaname = " + schema_lit + " AND tablename = " + table_lit);
-            if (!t) return failed(setup_failure::publication, "cannot read pg_publication_tables: " + db.error());
+            if (!t) return failed(exit_code::publication, "cannot read pg_publication_tables: " + db.error());
             if (PQntuples(t.get()) == 0)
-                return failed(setup_failure::publication, "publication " + cfg.publication + " does not include " +
+                return failed(exit_code::publication, "publication " + cfg.publication + " does not include " +
                                                               table_text + ": run ALTER PUBLICATION " + pub_id +
                                                               " ADD TABLE " + qualified);
             // PG15 column lists: every mapped column must be published.
             if (PQserverVersion(conn.get()) >= 150000) {
                 auto c = db.exec("SELECT unnest(attnames) FROM pg_publication_tables WHERE pubname = " + pub_lit +
                                  " AND schemaname = " + schema_lit + " AND tablename = " + table_lit);
-                if (!c) return failed(setup_failure::publication, "cannot read the column list: " + db.error());
+                if (!c) return failed(exit_code::publication, "cannot read the column list: " + db.error());
                 std::set<std::string> published;
                 for (int i = 0; i < PQntuples(c.get()); ++i) published.insert(PQgetvalue(c.get(), i, 0));
                 for (const auto& [col, why] : needed)
                     if (!published.count(col))
-                        return failed(setup_failure::publication,
+                        return failed(exit_code::publication,
                                       "publication " + cfg.publication + " does not publish column \"" + col +
                                           "\" of " + table_text + " (needed by " + why +
                                           "): drop its column list with ALTER PUBLICATION " + pub_id +
@@ -238,14 +238,14 @@ setup_result prepare_postgres(const relay_config& cfg) {
             "SELECT slot_type, coalesce(plugin, ''), coalesce(database = current_database(), false), "
             "coalesce(database, ''), coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = " +
             slot_lit);
-        if (!r) return failed(setup_failure::slot, "cannot read pg_replication_slots: " + db.error());
+        if (!r) return failed(exit_code::slot, "cannot read pg_replication_slots: " + db.error());
         if (PQntuples(r.get()) == 0) {
             if (!cfg.create_slot)
-                return failed(setup_failure::slot,
+                return failed(exit_code::slot,
                               "replication slot " + cfg.slot + " does not exist: run " + create_slot);
             auto c = db.exec(create_slot);
             if (!c)
-                return failed(setup_failure::slot, "cannot create replication slot " + cfg.slot + ": " + db.error());
+                return failed(exit_code::slot, "cannot create replication slot " + cfg.slot + ": " + db.error());
             log::info(mod, "event=slot_created slot={} plugin=pgoutput consistent_point={}", log::quote(cfg.slot),
                       PQntuples(c.get()) == 1 ? PQgetvalue(c.get(), 0, 0) : "?");
         } else {
@@ -253,16 +253,16 @@ setup_result prepare_postgres(const relay_config& cfg) {
                              same_db = PQgetvalue(r.get(), 0, 2), database = PQgetvalue(r.get(), 0, 3),
                              wal_status = PQgetvalue(r.get(), 0, 4);
             if (type != "logical" || plugin != "pgoutput")
-                return failed(setup_failure::slot, "replication slot " + cfg.slot + " is " + std::string(type) +
+                return failed(exit_code::slot, "replication slot " + cfg.slot + " is " + std::string(type) +
                                                        (plugin.empty() ? "" : " with plugin " + std::string(plugin)) +
                                                        ", not logical pgoutput: choose another --slot or run " +
                                                        drop_slot);
             if (same_db != "t")
-                return failed(setup_failure::slot, "replication slot " + cfg.slot + " belongs to database " +
+                return failed(exit_code::slot, "replication slot " + cfg.slot + " belongs to database " +
                                                        std::string(database) +
                                                        ": connect to that database or choose another --slot");
             if (wal_status == "lost")
-                return failed(setup_failure::slot,
+                return failed(exit_code::slot,
                               "replication slot " + cfg.slot +
                                   " was invalidated (wal_status=lost): WAL it needed was removed, so events "
                                   "committed since its last confirmed position are lost to it; run " +

@@ -108,10 +108,6 @@ struct replication_stream::impl : std::enable_shared_from_this<impl> {
     std::optional<boost::asio::steady_timer> stop_timer_;
     std::function<void()> stop_done_;
 
-    // Diagnostics: CopyData bytes received so far (offset of a malformed frame).
-    std::uint64_t copy_bytes_ = 0;
-    std::uint64_t frames_ = 0;
-
     // ---------------------------------------------------------------- setup
 
     void start(lsn from) {
@@ -156,10 +152,11 @@ struct replication_stream::impl : std::enable_shared_from_this<impl> {
         // later ones override it, so replication=database always wins. TCP
         // keepalives (idle 20 s, then 3 probes 5 s apart) notice a network
         // that died silently: an idle walsender may send nothing for long.
+        const std::string user_timeout = std::to_string(opts_.tcp_user_timeout_ms);
         const char* keys[] = {"keepalives",  "keepalives_idle", "keepalives_interval",
-                              "keepalives_count", "dbname", "replication", "application_name",
+                              "keepalives_count", "tcp_user_timeout", "dbname", "replication", "application_name",
                               "client_encoding", nullptr};
-        const char* vals[] = {"1", "20", "5", "3", opts_.conninfo.c_str(), "database",
+        const char* vals[] = {"1", "20", "5", "3", user_timeout.c_str(), opts_.conninfo.c_str(), "database",
                               opts_.application_name.c_str(), "UTF8", nullptr};
         conn_ = PQconnectStartParams(keys, vals, /*expand_dbname=*/1);
         if (!conn_) {
@@ -379,23 +376,9 @@ struct replication_stream::impl : std::enable_shared_from_this<impl> {
                 return;
             }
             pg_mem_ptr buf(raw);
-            std::string_view frame(raw, static_cast<std::size_t>(n));
-            auto msg = walsender::parse_copy_data(frame);
-            if (!msg) {
-                fail(stream_error_kind::fatal,
-                     fmt::format("malformed CopyData at offset {} (frame {}, {} bytes, tag 0x{:02x}): {}",
-                                 copy_bytes_, frames_, n, static_cast<unsigned char>(raw[0]),
-                                 msg.error().message()),
-                     "");
-                return;
-            }
-            copy_bytes_ += static_cast<std::uint64_t>(n);
-            ++frames_;
-            if (auto* x = std::get_if<walsender::xlog_data>(&*msg)) {
-                if (handlers_.on_xlog) handlers_.on_xlog(*x);
-            } else if (auto* k = std::get_if<walsender::keepalive>(&*msg)) {
-                if (handlers_.on_keepalive) handlers_.on_keepalive(*k);
-            }
+            // Parsing is the caller's (the relay session's): it sees every
+            // byte, including a malformed frame, and says what is wrong.
+            if (handlers_.on_copy_data) handlers_.on_copy_data(std::string_view(raw, static_cast<std::size_t>(n)));
             // The handler may have paused, stopped or destroyed the stream;
             // the loop condition re-checks (self keeps *this alive).
         }

@@ -15,6 +15,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -22,14 +23,29 @@
 
 using namespace std::chrono_literals;
 using outbox::io::delivery_report;
-using outbox::io::kafka_header;
-using outbox::io::kafka_message;
+using outbox::header;
+using outbox::record;
 using outbox::io::kafka_sink;
 using outbox::io::sink_config;
 
 namespace {
 
 constexpr std::int16_t api_produce = 0;  // Kafka ApiKey; RD_KAFKAP_Produce is not in an installed header
+
+// A record of the relay's one shape; null key/value when the flags say so.
+record rec(std::string_view topic, std::string_view key, std::string_view value,
+           std::span<const header> headers = {}, bool key_null = false, bool value_null = false) {
+    record r;
+    r.topic = topic;
+    r.key = key;
+    r.key_null = key_null;
+    r.value = value;
+    r.value_null = value_null;
+    r.headers = headers;
+    return r;
+}
+
+using fault = outbox::producer_fault;
 
 // Runs the loop until `done()` holds; false when `limit` passed first.
 template <class Pred>
@@ -170,18 +186,12 @@ struct workload {
         }
     }
 
-    // Produces records [from, to) with tag = index; retries on queue_full by serving the loop.
+    // Produces records [from, to) with tag = index.
     void produce(kafka_sink& sink, boost::asio::io_context& ioc, std::size_t from, std::size_t to) const {
         for (std::size_t i = from; i < to; ++i) {
-            kafka_header hdrs[] = {{"id", id_text[i]}, {"type", "test"}, {"empty", ""}};
-            kafka_message msg{topic, key_text[i], false, value_text[i], false, hdrs};
-            auto deadline = std::chrono::steady_clock::now() + 30s;
-            kafka_sink::produce_result r;
-            while ((r = sink.produce(msg, i)) == kafka_sink::produce_result::queue_full) {
-                REQUIRE(std::chrono::steady_clock::now() < deadline);
-                ioc.run_one_for(10ms);
-            }
-            REQUIRE(r == kafka_sink::produce_result::ok);
+            (void)ioc;
+            const header hdrs[] = {{"id", id_text[i]}, {"type", "test"}, {"empty", ""}};
+            sink.produce(rec(topic, key_text[i], value_text[i], hdrs), i);
         }
     }
 
@@ -250,7 +260,7 @@ std::string construct_error(const mock_cluster& mc, std::map<std::string, std::s
     boost::asio::io_context ioc;
     try {
         kafka_sink sink(ioc, config_for(mc, std::move(props)), [](const delivery_report&) {},
-                        [](const std::string&) {});
+                        [](fault, const std::string&) {});
     } catch (const std::runtime_error& e) {
         return e.what();
     }
@@ -268,7 +278,7 @@ TEST_CASE("delivers_20000_keyed_records_with_headers_in_key_order") {
     mc.create_topic("orders", 4);
     boost::asio::io_context ioc;
     report_log reports;
-    kafka_sink sink(ioc, config_for(mc), reports.handler(), [](const std::string&) {});
+    kafka_sink sink(ioc, config_for(mc), reports.handler(), [](fault, const std::string&) {});
     workload w("orders", 20'000, 200);
     w.produce(sink, ioc, 0, w.n);
     CHECK(sink.in_flight() == w.n);
@@ -290,7 +300,7 @@ TEST_CASE("injected_produce_errors_still_deliver_once_in_order") {
     report_log reports;
     std::size_t fatal_calls = 0;
     kafka_sink sink(ioc, config_for(mc, {{"retry.backoff.ms", "20"}}), reports.handler(),
-                    [&](const std::string&) { ++fatal_calls; });
+                    [&](fault, const std::string&) { ++fatal_calls; });
     workload w("retried", 3'000, 30);
     // The first produce requests fail: retriable broker errors, a dropped
     // connection and a timeout (the last two leave the outcome unknown to the
@@ -320,7 +330,7 @@ TEST_CASE("broker_outage_delays_but_loses_nothing") {
     report_log reports;
     std::size_t fatal_calls = 0;
     kafka_sink sink(ioc, config_for(mc, {{"reconnect.backoff.max.ms", "200"}}), reports.handler(),
-                    [&](const std::string&) { ++fatal_calls; });
+                    [&](fault, const std::string&) { ++fatal_calls; });
     workload w("outage", 2'000, 20);
     w.produce(sink, ioc, 0, 500);
     REQUIRE(run_until(ioc, [&] { return reports.count == 500; }, 30s));
@@ -362,9 +372,11 @@ TEST_CASE("refuses_weaker_acks_and_transactions") {
     CHECK(contains(construct_error(mc, {{"acks", "1"}}), "acks"));
     CHECK(contains(construct_error(mc, {{"request.required.acks", "0"}}), "request.required.acks"));
     CHECK(contains(construct_error(mc, {{"transactional.id", "x"}}), "transactional.id"));
-    // The forced values themselves are accepted.
-    CHECK(construct_error(mc, {{"acks", "all"}, {"enable.idempotence", "true"}, {"message.timeout.ms", "0"}}) ==
-          "");
+    // The relay sets these itself, whatever the value asked for.
+    CHECK(contains(construct_error(mc, {{"acks", "all"}}), "acks"));
+    CHECK(contains(construct_error(mc, {{"queue.buffering.max.messages", "5"}}), "max-inflight-records"));
+    CHECK(contains(construct_error(mc, {{"queue.buffering.max.kbytes", "5"}}), "max-inflight-bytes"));
+    CHECK(construct_error(mc, {{"linger.ms", "1"}, {"compression.type", "zstd"}}) == "");
 }
 
 TEST_CASE("librdkafka_config_error_names_the_property") {
@@ -382,13 +394,11 @@ TEST_CASE("oversized_record_yields_one_permanent_failure") {
     boost::asio::io_context ioc;
     report_log reports;
     kafka_sink sink(ioc, config_for(mc, {{"message.max.bytes", "10000"}}), reports.handler(),
-                    [](const std::string&) {});
+                    [](fault, const std::string&) {});
     std::string huge(20'000, 'x');
-    kafka_header big_hdrs[] = {{"id", "evt-7"}};
-    kafka_message big{"big", "k", false, huge, false, big_hdrs};
-    kafka_message small{"big", "k", false, "fits", false, {}};
-    CHECK(sink.produce(big, 7) == kafka_sink::produce_result::ok);
-    CHECK(sink.produce(small, 8) == kafka_sink::produce_result::ok);
+    const header big_hdrs[] = {{"id", "evt-7"}};
+    sink.produce(rec("big", "k", huge, big_hdrs), 7);
+    sink.produce(rec("big", "k", "fits"), 8);
     CHECK(sink.in_flight() == 2);
     // The failure was known at once, but is still delivered through the loop.
     CHECK(reports.count == 0);
@@ -397,13 +407,13 @@ TEST_CASE("oversized_record_yields_one_permanent_failure") {
     REQUIRE(reports.by_tag.at(7).size() == 1);
     const auto& r = reports.by_tag.at(7).front();
     CHECK(r.err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
-    CHECK(r.permanent);
+    CHECK(r.permanent());
     CHECK(!r.error.empty());
     CHECK(r.event_id == "evt-7");
     CHECK(reports.topics.front() == "big");
     REQUIRE(reports.by_tag.count(8) == 1);
     CHECK(reports.by_tag.at(8).front().err == 0);
-    CHECK(!reports.by_tag.at(8).front().permanent);
+    CHECK(!reports.by_tag.at(8).front().permanent());
     CHECK(sink.in_flight() == 0);
     CHECK(sink.bytes_in_flight() == 0);
     // No stray second report for the refused record shows up later.
@@ -417,66 +427,67 @@ TEST_CASE("broker_rejected_record_reports_permanent_with_event_id") {
     boost::asio::io_context ioc;
     report_log reports;
     std::size_t fatal_calls = 0;
-    kafka_sink sink(ioc, config_for(mc), reports.handler(), [&](const std::string&) { ++fatal_calls; });
+    kafka_sink sink(ioc, config_for(mc), reports.handler(), [&](fault, const std::string&) { ++fatal_calls; });
     // Warm up so the next produce request carries only the record under test.
-    REQUIRE(sink.produce({"rejected", "k", false, "first", false, {}}, 0) == kafka_sink::produce_result::ok);
+    sink.produce(rec("rejected", "k", "first"), 0);
     REQUIRE(run_until(ioc, [&] { return reports.count == 1; }, 30s));
     // The broker refuses the next produce request for good (its own message.max.bytes).
     rd_kafka_mock_push_request_errors(mc.get(), api_produce, 1, RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
-    kafka_header hdrs[] = {{"id", "evt-1"}, {"type", "t"}};
-    REQUIRE(sink.produce({"rejected", "k", false, "second", false, hdrs}, 1) == kafka_sink::produce_result::ok);
+    const header hdrs[] = {{"id", "evt-1"}, {"type", "t"}};
+    sink.produce(rec("rejected", "k", "second", hdrs), 1);
     REQUIRE(run_until(ioc, [&] { return reports.count == 2; }, 30s));
     REQUIRE(reports.by_tag.at(1).size() == 1);
     const auto& r = reports.by_tag.at(1).front();
     CHECK(r.err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
-    CHECK(r.permanent);
+    CHECK(r.permanent());
     CHECK(r.event_id == "evt-1");
     CHECK(sink.in_flight() == 0);
     // The producer carries on with the next record.
-    REQUIRE(sink.produce({"rejected", "k", false, "third", false, {}}, 2) == kafka_sink::produce_result::ok);
+    sink.produce(rec("rejected", "k", "third"), 2);
     REQUIRE(run_until(ioc, [&] { return reports.count == 3; }, 30s));
     CHECK(reports.by_tag.at(2).front().err == 0);
     CHECK(reports.by_tag.at(2).front().event_id.empty());  // filled on failures only
     CHECK(fatal_calls == 0);
 }
 
-TEST_CASE("queue_full_while_broker_down_then_recovers") {
+TEST_CASE("queue_full_is_a_transient_failure_report") {
+    // The relay sizes librdkafka's queue above its own in-flight limits, so
+    // this never happens to it; if it did, the record must not vanish: it
+    // gets a transient failure report (the relay then restarts from the
+    // confirmed position).
     mock_cluster mc(1);
     mc.create_topic("bp", 1);
     mc.all_down();
     boost::asio::io_context ioc;
     report_log reports;
-    kafka_sink sink(ioc, config_for(mc, {{"queue.buffering.max.messages", "5"}, {"reconnect.backoff.max.ms", "200"}}),
-                    reports.handler(), [](const std::string&) {});
-    kafka_message msg{"bp", "k", false, "v", false, {}};
-    std::uint64_t tag = 0;
-    for (; tag < 5; ++tag) REQUIRE(sink.produce(msg, tag) == kafka_sink::produce_result::ok);
-    CHECK(sink.produce(msg, tag) == kafka_sink::produce_result::queue_full);
-    // queue_full queued nothing: no report will come for it.
-    CHECK(sink.in_flight() == 5);
-    run_for(ioc, 500ms);
-    CHECK(sink.produce(msg, tag) == kafka_sink::produce_result::queue_full);
-    CHECK(reports.count == 0);
+    auto cfg = config_for(mc, {{"reconnect.backoff.max.ms", "200"}});
+    cfg.queue_max_messages = 5;
+    kafka_sink sink(ioc, cfg, reports.handler(), [](fault, const std::string&) {});
+    for (std::uint64_t tag = 0; tag < 6; ++tag) sink.produce(rec("bp", "k", "v"), tag);
+    CHECK(sink.in_flight() == 6);
+    REQUIRE(run_until(ioc, [&] { return reports.count == 1; }, 10s));
+    REQUIRE(reports.by_tag.count(5) == 1);
+    CHECK(reports.by_tag.at(5).front().err == RD_KAFKA_RESP_ERR__QUEUE_FULL);
+    CHECK(reports.by_tag.at(5).front().status == outbox::delivery_status::transient);
     mc.all_up();
-    REQUIRE(run_until(ioc, [&] { return reports.count == 5; }, 30s));
-    CHECK(reports.failures == 0);
-    CHECK(sink.produce(msg, tag) == kafka_sink::produce_result::ok);
     REQUIRE(run_until(ioc, [&] { return reports.count == 6; }, 30s));
-    check_reports(reports, 6);
+    CHECK(reports.failures == 1);
+    CHECK(sink.in_flight() == 0);
 }
 
-TEST_CASE("fatal_error_calls_handler_once_and_stops_produce") {
+TEST_CASE("fatal_error_calls_handler_once_and_fails_later_records") {
     mock_cluster mc(1);
     mc.create_topic("fatal", 1);
     boost::asio::io_context ioc;
     report_log reports;
     std::vector<std::string> fatal_reasons;
-    kafka_sink sink(ioc, config_for(mc), reports.handler(), [&](const std::string& why) {
+    std::vector<fault> faults;
+    kafka_sink sink(ioc, config_for(mc), reports.handler(), [&](fault f, const std::string& why) {
         CHECK(std::this_thread::get_id() == reports.loop_thread);
         fatal_reasons.push_back(why);
+        faults.push_back(f);
     });
-    kafka_message msg{"fatal", "k", false, "v", false, {}};
-    REQUIRE(sink.produce(msg, 1) == kafka_sink::produce_result::ok);
+    sink.produce(rec("fatal", "k", "v"), 1);
     REQUIRE(run_until(ioc, [&] { return reports.count == 1; }, 30s));
     auto* rk = static_cast<rd_kafka_t*>(sink.native_handle());
     REQUIRE(rd_kafka_test_fatal_error(rk, RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER, "injected by test") ==
@@ -484,29 +495,53 @@ TEST_CASE("fatal_error_calls_handler_once_and_stops_produce") {
     REQUIRE(run_until(ioc, [&] { return !fatal_reasons.empty(); }, 30s));
     CHECK(contains(fatal_reasons.front(), "OUT_OF_ORDER_SEQUENCE_NUMBER"));
     CHECK(contains(fatal_reasons.front(), "injected by test"));
+    CHECK(faults.front() == fault::healable);
     CHECK(sink.failed());
-    CHECK(sink.produce(msg, 2) == kafka_sink::produce_result::fatal);
+    // A record after the fatal error is not lost silently: it gets a failure report.
+    sink.produce(rec("fatal", "k", "v"), 2);
     CHECK(rd_kafka_test_fatal_error(rk, RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER, "again") ==
           RD_KAFKA_RESP_ERR__PREV_IN_PROGRESS);
+    REQUIRE(run_until(ioc, [&] { return reports.count == 2; }, 10s));
+    CHECK(reports.by_tag.at(2).front().err == RD_KAFKA_RESP_ERR__FATAL);
+    CHECK(reports.by_tag.at(2).front().status == outbox::delivery_status::transient);
     sink.poll();
     run_for(ioc, 200ms);
     CHECK(fatal_reasons.size() == 1);
-    CHECK(reports.count == 1);  // the refused record got no report: produce() said fatal
 }
 
-TEST_CASE("produce_returns_fatal_before_error_is_served") {
+TEST_CASE("fatal_errors_no_new_producer_can_heal_are_permanent") {
+    CHECK(outbox::io::classify_fatal(RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED) == fault::permanent);
+    CHECK(outbox::io::classify_fatal(RD_KAFKA_RESP_ERR__UNSUPPORTED_FEATURE) == fault::permanent);
+    CHECK(outbox::io::classify_fatal(RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED) == fault::permanent);
+    CHECK(outbox::io::classify_fatal(RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER) == fault::healable);
+    CHECK(outbox::io::classify_fatal(RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID) == fault::healable);
+    // Through the real path: a fatal CLUSTER_AUTHORIZATION_FAILED reaches the handler as permanent.
+    mock_cluster mc(1);
+    boost::asio::io_context ioc;
+    std::optional<fault> seen;
+    kafka_sink sink(ioc, config_for(mc), [](const delivery_report&) {},
+                    [&](fault f, const std::string&) { seen = f; });
+    auto* rk = static_cast<rd_kafka_t*>(sink.native_handle());
+    REQUIRE(rd_kafka_test_fatal_error(rk, RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED, "denied") ==
+            RD_KAFKA_RESP_ERR_NO_ERROR);
+    REQUIRE(run_until(ioc, [&] { return seen.has_value(); }, 10s));
+    CHECK(*seen == fault::permanent);
+}
+
+TEST_CASE("produce_fails_the_record_before_the_fatal_error_is_served") {
     mock_cluster mc(1);
     boost::asio::io_context ioc;
     std::size_t fatal_calls = 0;
-    kafka_sink sink(ioc, config_for(mc), [](const delivery_report&) {}, [&](const std::string&) { ++fatal_calls; });
+    report_log reports;
+    kafka_sink sink(ioc, config_for(mc), reports.handler(), [&](fault, const std::string&) { ++fatal_calls; });
     auto* rk = static_cast<rd_kafka_t*>(sink.native_handle());
     REQUIRE(rd_kafka_test_fatal_error(rk, RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID, "injected") ==
             RD_KAFKA_RESP_ERR_NO_ERROR);
     // The loop has not run: the error op is still queued, yet produce must refuse.
-    kafka_message msg{"t", "k", false, "v", false, {}};
-    CHECK(sink.produce(msg, 1) == kafka_sink::produce_result::fatal);
+    sink.produce(rec("t", "k", "v"), 1);
     CHECK(sink.failed());
-    REQUIRE(run_until(ioc, [&] { return fatal_calls == 1; }, 10s));
+    REQUIRE(run_until(ioc, [&] { return fatal_calls == 1 && reports.count == 1; }, 10s));
+    CHECK(reports.by_tag.at(1).front().err == RD_KAFKA_RESP_ERR__FATAL);
 }
 
 TEST_CASE("null_and_empty_keys_and_values_round_trip") {
@@ -514,13 +549,10 @@ TEST_CASE("null_and_empty_keys_and_values_round_trip") {
     mc.create_topic("nulls", 1);
     boost::asio::io_context ioc;
     report_log reports;
-    kafka_sink sink(ioc, config_for(mc), reports.handler(), [](const std::string&) {});
-    kafka_message null_both{"nulls", {}, true, {}, true, {}};
-    kafka_message empty_both{"nulls", "", false, "", false, {}};
-    kafka_message default_views{"nulls", std::string_view{}, false, std::string_view{}, false, {}};
-    REQUIRE(sink.produce(null_both, 0) == kafka_sink::produce_result::ok);
-    REQUIRE(sink.produce(empty_both, 1) == kafka_sink::produce_result::ok);
-    REQUIRE(sink.produce(default_views, 2) == kafka_sink::produce_result::ok);
+    kafka_sink sink(ioc, config_for(mc), reports.handler(), [](fault, const std::string&) {});
+    sink.produce(rec("nulls", {}, {}, {}, true, true), 0);
+    sink.produce(rec("nulls", "", ""), 1);
+    sink.produce(rec("nulls", std::string_view{}, std::string_view{}), 2);
     REQUIRE(run_until(ioc, [&] { return reports.count == 3; }, 30s));
     check_reports(reports, 3);
     auto log = consume_all(mc, "nulls", 1);
@@ -541,11 +573,10 @@ TEST_CASE("destructor_discards_pending_reports") {
     std::size_t calls = 0;
     {
         kafka_sink sink(ioc, config_for(mc, {{"message.max.bytes", "10000"}}), [&](const delivery_report&) { ++calls; },
-                        [&](const std::string&) { ++calls; });
-        kafka_message msg{"gone", "k", false, "v", false, {}};
-        for (std::uint64_t t = 0; t < 10; ++t) REQUIRE(sink.produce(msg, t) == kafka_sink::produce_result::ok);
+                        [&](fault, const std::string&) { ++calls; });
+        for (std::uint64_t t = 0; t < 10; ++t) sink.produce(rec("gone", "k", "v"), t);
         std::string huge(20'000, 'x');
-        REQUIRE(sink.produce({"gone", "k", false, huge, false, {}}, 10) == kafka_sink::produce_result::ok);
+        sink.produce(rec("gone", "k", huge), 10);
         CHECK(sink.in_flight() == 11);
     }
     // The posted failure report and any wake-up of the dead sink run now and must do nothing.
@@ -559,7 +590,7 @@ TEST_CASE("flush_serves_reports_on_the_calling_thread") {
     mc.create_topic("flushed", 2);
     boost::asio::io_context ioc;
     report_log reports;
-    kafka_sink sink(ioc, config_for(mc), reports.handler(), [](const std::string&) {});
+    kafka_sink sink(ioc, config_for(mc), reports.handler(), [](fault, const std::string&) {});
     workload w("flushed", 1'000, 10);
     w.produce(sink, ioc, 0, w.n);
     CHECK(sink.flush(30s));  // no ioc.run(): flush serves reports itself
@@ -573,8 +604,8 @@ TEST_CASE("flush_times_out_while_broker_down") {
     mc.all_down();
     boost::asio::io_context ioc;
     report_log reports;
-    kafka_sink sink(ioc, config_for(mc), reports.handler(), [](const std::string&) {});
-    REQUIRE(sink.produce({"stuck", "k", false, "v", false, {}}, 0) == kafka_sink::produce_result::ok);
+    kafka_sink sink(ioc, config_for(mc), reports.handler(), [](fault, const std::string&) {});
+    sink.produce(rec("stuck", "k", "v"), 0);
     auto t0 = std::chrono::steady_clock::now();
     CHECK(!sink.flush(300ms));
     CHECK(std::chrono::steady_clock::now() - t0 >= 300ms);

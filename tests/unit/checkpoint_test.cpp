@@ -48,7 +48,7 @@ TEST_CASE("starts_at_start_lsn_and_idle") {
 
 TEST_CASE("single_txn_confirms_after_all_acks") {
     checkpoint_tracker t{lsn{0x100}};
-    t.begin_txn(lsn{0x200});
+    t.begin_txn(lsn{0x200}, 0);
     auto a = t.add_record();
     auto b = t.add_record();
     t.commit_txn(lsn{0x228});
@@ -68,7 +68,7 @@ TEST_CASE("confirms_end_lsn_not_commit_lsn") {
     checkpoint_tracker t;
     const lsn commit_lsn{0x5000};
     const lsn end_lsn{0x5030};
-    t.begin_txn(commit_lsn);
+    t.begin_txn(commit_lsn, 0);
     auto id = t.add_record();
     t.commit_txn(end_lsn);
     CHECK(t.ack(id));
@@ -78,11 +78,11 @@ TEST_CASE("confirms_end_lsn_not_commit_lsn") {
 
 TEST_CASE("ack_out_of_order_holds_watermark") {
     checkpoint_tracker t{lsn{0x10}};
-    t.begin_txn(lsn{0x100});
+    t.begin_txn(lsn{0x100}, 0);
     auto a1 = t.add_record();
     auto a2 = t.add_record();
     t.commit_txn(lsn{0x120});
-    t.begin_txn(lsn{0x200});
+    t.begin_txn(lsn{0x200}, 0);
     auto b1 = t.add_record();
     t.commit_txn(lsn{0x220});
 
@@ -101,7 +101,7 @@ TEST_CASE("watermark_stops_at_first_unacked_txn") {
     checkpoint_tracker t;
     std::vector<checkpoint_tracker::txn_id> ids;
     for (std::uint64_t i = 1; i <= 3; ++i) {
-        t.begin_txn(lsn{i * 0x100});
+        t.begin_txn(lsn{i * 0x100}, 0);
         ids.push_back(t.add_record());
         t.commit_txn(lsn{i * 0x100 + 0x20});
     }
@@ -115,7 +115,7 @@ TEST_CASE("watermark_stops_at_first_unacked_txn") {
 
 TEST_CASE("empty_txn_confirms_at_commit") {
     checkpoint_tracker t{lsn{0x10}};
-    t.begin_txn(lsn{0x100});
+    t.begin_txn(lsn{0x100}, 0);
     CHECK(t.confirmed() == lsn{0x10});
     t.commit_txn(lsn{0x130});
     CHECK(t.confirmed() == lsn{0x130});
@@ -124,21 +124,94 @@ TEST_CASE("empty_txn_confirms_at_commit") {
 
 TEST_CASE("empty_txn_waits_for_earlier_acks") {
     checkpoint_tracker t;
-    t.begin_txn(lsn{0x100});
+    t.begin_txn(lsn{0x100}, 0);
     auto a = t.add_record();
     t.commit_txn(lsn{0x120});
-    t.begin_txn(lsn{0x200});
+    t.begin_txn(lsn{0x200}, 0);
     t.commit_txn(lsn{0x220});
     CHECK(t.confirmed() == lsn{});
-    CHECK(t.pending_txns() == 2);
+    // Folded into the pending entry: no entry of its own.
+    CHECK(t.pending_txns() == 1);
     CHECK(t.ack(a));
     CHECK(t.confirmed() == lsn{0x220});
+}
+
+TEST_CASE("empty_txns_fold_into_one_entry") {
+    // A broker outage behind one pending record, while Postgres commits a
+    // million transactions without outbox rows (other tables, messages):
+    // the bookkeeping stays one entry, and the ack confirms all of them.
+    checkpoint_tracker t{lsn{0x10}};
+    t.begin_txn(lsn{0x100}, 0);
+    auto a = t.add_record();
+    CHECK_FALSE(t.commit_txn(lsn{0x120}));
+    for (std::uint64_t i = 0; i < 1'000'000; ++i) {
+        t.begin_txn(lsn{0x200 + i * 0x40}, 0);
+        CHECK_FALSE(t.commit_txn(lsn{0x220 + i * 0x40}));
+    }
+    CHECK(t.pending_txns() == 1);
+    CHECK(t.confirmed() == lsn{0x10});
+    CHECK(t.ack(a));
+    CHECK(t.confirmed() == lsn{0x220 + 999'999 * 0x40});
+    CHECK(t.pending_txns() == 0);
+}
+
+TEST_CASE("empty_txn_after_abandoned_one_is_not_folded_into_it") {
+    // An abandoned entry confirms nothing, so a later empty transaction keeps
+    // its own end: it is confirmed once the abandoned records are acked.
+    checkpoint_tracker t{lsn{0x10}};
+    t.begin_txn(lsn{0x100}, 0);
+    auto lost = t.add_record();
+    t.abandon_open_txn();
+    t.begin_txn(lsn{0x300}, 0);
+    CHECK_FALSE(t.commit_txn(lsn{0x320}));
+    CHECK(t.pending_txns() == 2);
+    CHECK(t.ack(lost));
+    CHECK(t.confirmed() == lsn{0x320});
+}
+
+TEST_CASE("abandon_from_stops_the_watermark_before_it") {
+    checkpoint_tracker t{lsn{0x10}};
+    t.begin_txn(lsn{0x100}, 0);
+    auto a = t.add_record();
+    t.commit_txn(lsn{0x120});
+    t.begin_txn(lsn{0x200}, 0);
+    auto b = t.add_record();
+    t.commit_txn(lsn{0x220});
+    t.begin_txn(lsn{0x300}, 0);
+    auto c = t.add_record();  // still open
+    t.abandon_from(b);
+    CHECK_FALSE(t.has_open_txn());
+    CHECK_FALSE(t.ack(c));
+    CHECK_FALSE(t.ack(b));
+    CHECK(t.confirmed() == lsn{0x10});
+    // Only what came before `b` is still confirmable.
+    CHECK(t.ack(a));
+    CHECK(t.confirmed() == lsn{0x120});
+    CHECK(t.idle());
+    CHECK(t.pending_txns() == 0);
+}
+
+TEST_CASE("confirmed_commit_times_are_reported_once") {
+    checkpoint_tracker t;
+    t.begin_txn(lsn{0x100}, 111);
+    auto a = t.add_record();
+    t.commit_txn(lsn{0x120});
+    t.begin_txn(lsn{0x200}, 222);  // no records: not a latency sample
+    t.commit_txn(lsn{0x220});
+    t.begin_txn(lsn{0x300}, 333);
+    auto c = t.add_record();
+    t.commit_txn(lsn{0x320});
+    CHECK(t.ack(a));
+    CHECK(t.take_confirmed_commit_times() == std::vector<std::int64_t>{111});
+    CHECK(t.ack(c));
+    CHECK(t.take_confirmed_commit_times() == std::vector<std::int64_t>{333});
+    CHECK(t.take_confirmed_commit_times().empty());
 }
 
 TEST_CASE("records_acked_before_commit_confirm_at_commit") {
     // Kafka can ack faster than the rest of a big transaction arrives.
     checkpoint_tracker t;
-    t.begin_txn(lsn{0x100});
+    t.begin_txn(lsn{0x100}, 0);
     auto a = t.add_record();
     CHECK_FALSE(t.ack(a));
     CHECK(t.confirmed() == lsn{});
@@ -155,7 +228,7 @@ TEST_CASE("keepalive_confirmed_when_idle") {
 
 TEST_CASE("keepalive_ignored_while_in_flight") {
     checkpoint_tracker t{lsn{0x100}};
-    t.begin_txn(lsn{0x200});
+    t.begin_txn(lsn{0x200}, 0);
     auto a = t.add_record();
     t.commit_txn(lsn{0x220});
     CHECK_FALSE(t.on_keepalive(lsn{0x900}));
@@ -169,7 +242,7 @@ TEST_CASE("keepalive_ignored_while_in_flight") {
 
 TEST_CASE("keepalive_ignored_while_txn_open") {
     checkpoint_tracker t{lsn{0x100}};
-    t.begin_txn(lsn{0x200});  // open, no record yet
+    t.begin_txn(lsn{0x200}, 0);  // open, no record yet
     CHECK_FALSE(t.idle());
     CHECK_FALSE(t.on_keepalive(lsn{0x900}));
     CHECK(t.confirmed() == lsn{0x100});
@@ -186,7 +259,7 @@ TEST_CASE("replayed_txn_below_confirmed_does_not_move_back") {
     // After a reconnect the server restarts at its own confirmed_flush, which
     // can be older than ours when the last status update was not sent yet.
     checkpoint_tracker t{lsn{0x1000}};
-    t.begin_txn(lsn{0x800});
+    t.begin_txn(lsn{0x800}, 0);
     auto a = t.add_record();
     t.commit_txn(lsn{0x820});
     CHECK_FALSE(t.ack(a));
@@ -196,7 +269,7 @@ TEST_CASE("replayed_txn_below_confirmed_does_not_move_back") {
 
 TEST_CASE("abandoned_txn_is_never_confirmed") {
     checkpoint_tracker t{lsn{0x100}};
-    t.begin_txn(lsn{0x200});
+    t.begin_txn(lsn{0x200}, 0);
     auto a = t.add_record();
     t.abandon_open_txn();
     CHECK_FALSE(t.has_open_txn());
@@ -209,11 +282,11 @@ TEST_CASE("abandoned_txn_is_never_confirmed") {
 
 TEST_CASE("abandoned_txn_blocks_later_txns_until_acked") {
     checkpoint_tracker t{lsn{0x100}};
-    t.begin_txn(lsn{0x200});
+    t.begin_txn(lsn{0x200}, 0);
     auto lost = t.add_record();
     t.abandon_open_txn();
     // The resent transaction after the reconnect.
-    t.begin_txn(lsn{0x200});
+    t.begin_txn(lsn{0x200}, 0);
     auto again = t.add_record();
     t.commit_txn(lsn{0x220});
     CHECK_FALSE(t.ack(again));
@@ -224,7 +297,7 @@ TEST_CASE("abandoned_txn_blocks_later_txns_until_acked") {
 
 TEST_CASE("abandoned_txn_without_records_is_dropped") {
     checkpoint_tracker t{lsn{0x100}};
-    t.begin_txn(lsn{0x200});
+    t.begin_txn(lsn{0x200}, 0);
     t.abandon_open_txn();
     CHECK(t.pending_txns() == 0);
     CHECK(t.idle());
@@ -240,7 +313,7 @@ TEST_CASE("ack_of_unknown_txn_aborts") {
     }));
     CHECK(aborts([] {
         checkpoint_tracker t;
-        t.begin_txn(lsn{0x100});
+        t.begin_txn(lsn{0x100}, 0);
         auto a = t.add_record();
         t.ack(a + 1);
     }));
@@ -249,7 +322,7 @@ TEST_CASE("ack_of_unknown_txn_aborts") {
 TEST_CASE("ack_of_finished_txn_aborts") {
     CHECK(aborts([] {
         checkpoint_tracker t;
-        t.begin_txn(lsn{0x100});
+        t.begin_txn(lsn{0x100}, 0);
         auto a = t.add_record();
         t.commit_txn(lsn{0x120});
         t.ack(a);
@@ -258,10 +331,10 @@ TEST_CASE("ack_of_finished_txn_aborts") {
     CHECK(aborts([] {
         // Entry still queued behind an older txn, but with nothing in flight.
         checkpoint_tracker t;
-        t.begin_txn(lsn{0x100});
+        t.begin_txn(lsn{0x100}, 0);
         t.add_record();
         t.commit_txn(lsn{0x120});
-        t.begin_txn(lsn{0x200});
+        t.begin_txn(lsn{0x200}, 0);
         auto b = t.add_record();
         t.commit_txn(lsn{0x220});
         t.ack(b);
@@ -272,8 +345,8 @@ TEST_CASE("ack_of_finished_txn_aborts") {
 TEST_CASE("misuse_of_txn_boundaries_aborts") {
     CHECK(aborts([] {
         checkpoint_tracker t;
-        t.begin_txn(lsn{0x100});
-        t.begin_txn(lsn{0x200});
+        t.begin_txn(lsn{0x100}, 0);
+        t.begin_txn(lsn{0x200}, 0);
     }));
     CHECK(aborts([] {
         checkpoint_tracker t;
@@ -286,7 +359,7 @@ TEST_CASE("misuse_of_txn_boundaries_aborts") {
     // The helper itself must not report a clean exit as an abort.
     CHECK_FALSE(aborts([] {
         checkpoint_tracker t;
-        t.begin_txn(lsn{0x100});
+        t.begin_txn(lsn{0x100}, 0);
         t.commit_txn(lsn{0x120});
     }));
 }
@@ -307,7 +380,7 @@ TEST_CASE("random_ack_order_matches_reference_model") {
         std::vector<lsn> ends;
         const std::size_t ntx = 1 + rng() % 30;
         for (std::size_t i = 0; i < ntx; ++i) {
-            t.begin_txn(lsn{0x1000 * (i + 1)});
+            t.begin_txn(lsn{0x1000 * (i + 1)}, 0);
             const std::size_t n = rng() % 4;  // zero-record txns included
             for (std::size_t j = 0; j < n; ++j) recs.push_back({i, t.add_record()});
             left.push_back(n);

@@ -8,7 +8,6 @@
 #include <vector>
 
 using outbox::build_config;
-using outbox::config_error;
 using outbox::delivery_mode;
 using outbox::redact_conninfo;
 using outbox::relay_config;
@@ -28,21 +27,25 @@ flags_t with_required(flags_t extra) {
 
 // Builds expecting success.
 relay_config ok(std::string_view json, const env_t& env, const flags_t& flags) {
-    config_error err;
-    auto r = build_config(json, "relay.json", env, flags, &err);
-    INFO("key=" << err.key << " source=" << err.source << " message=" << err.message);
+    auto r = build_config(json, "relay.json", env, flags);
+    if (r.has_error())
+        INFO("key=" << r.error().field << " source=" << r.error().source << " message=" << r.error().message);
     REQUIRE(r.has_value());
     return *r;
 }
 
+// The error detail, with the option key as `key` (as the tests read).
+struct config_error {
+    std::string key, source, message;
+};
+
 // Builds expecting failure; returns the error detail.
 config_error bad(std::string_view json, const env_t& env, const flags_t& flags) {
-    config_error err;
-    auto r = build_config(json, "relay.json", env, flags, &err);
+    auto r = build_config(json, "relay.json", env, flags);
     REQUIRE(r.has_error());
     CHECK(r.error() == outbox::errc::bad_config);
-    CHECK_FALSE(err.message.empty());
-    return err;
+    CHECK_FALSE(r.error().message.empty());
+    return {r.error().field, r.error().source, r.error().message};
 }
 
 config_error bad_flag(std::string name, std::string value) {

@@ -9,7 +9,8 @@
 using namespace std::string_view_literals;
 using outbox::cached_relation;
 using outbox::errc;
-using outbox::mapping_error;
+using outbox::record;
+using outbox::record_scratch;
 using outbox::outbox_mapper;
 using outbox::routing_config;
 namespace pg = outbox::pgoutput;
@@ -43,6 +44,17 @@ std::vector<pg::tuple_column> good_row() {
             t(R"({"total": 12.5})"), t("2024-06-11 10:00:00+00")};
 }
 
+// Where map() puts the topic and headers; one per test file is enough, each
+// call overwrites it.
+record_scratch scratch;
+
+// The value of header `name` of `r`, or "<none>".
+std::string_view hdr(const record& r, std::string_view name) {
+    for (const auto& h : r.headers)
+        if (h.name == name) return h.value;
+    return "<none>";
+}
+
 outbox_mapper default_mapper() {
     auto m = outbox_mapper::create(routing_config{});
     REQUIRE(m.has_value());
@@ -53,7 +65,7 @@ errc template_error(std::string tmpl) {
     routing_config cfg;
     cfg.topic_template = std::move(tmpl);
     auto m = outbox_mapper::create(cfg);
-    return m ? errc::ok : static_cast<errc>(m.error().value());
+    return m ? errc::ok : m.error().code;
 }
 
 }  // namespace
@@ -62,15 +74,15 @@ TEST_CASE("default_template_routes_by_aggregatetype") {
     auto m = default_mapper();
     auto rel = outbox_relation();
     auto cols = good_row();
-    auto r = m.map(rel, pg::tuple_data{cols});
+    auto r = m.map(rel, pg::tuple_data{cols}, scratch);
     REQUIRE(r.has_value());
     CHECK(r->topic == "outbox.event.order");
     CHECK(r->key == "order-42");
     CHECK_FALSE(r->key_null);
     CHECK(r->value == R"({"total": 12.5})");
     CHECK_FALSE(r->value_null);
-    CHECK(r->id == "6f1c2a7e-1b0e-4a57-9d3c-0c7f3f9d6a11");
-    CHECK(r->type == "OrderCreated");
+    CHECK(hdr(*r, "id") == "6f1c2a7e-1b0e-4a57-9d3c-0c7f3f9d6a11");
+    CHECK(hdr(*r, "type") == "OrderCreated");
 }
 
 TEST_CASE("record_views_point_into_the_tuple") {
@@ -78,12 +90,12 @@ TEST_CASE("record_views_point_into_the_tuple") {
     auto m = default_mapper();
     auto rel = outbox_relation();
     auto cols = good_row();
-    auto r = m.map(rel, pg::tuple_data{cols});
+    auto r = m.map(rel, pg::tuple_data{cols}, scratch);
     REQUIRE(r.has_value());
     CHECK(r->key.data() == cols[2].value.data());
     CHECK(r->value.data() == cols[4].value.data());
-    CHECK(r->id.data() == cols[0].value.data());
-    CHECK(r->type.data() == cols[3].value.data());
+    CHECK(hdr(*r, "id").data() == cols[0].value.data());
+    CHECK(hdr(*r, "type").data() == cols[3].value.data());
 }
 
 TEST_CASE("template_with_several_placeholders") {
@@ -93,7 +105,7 @@ TEST_CASE("template_with_several_placeholders") {
     REQUIRE(m.has_value());
     auto rel = outbox_relation();
     auto cols = good_row();
-    auto r = m->map(rel, pg::tuple_data{cols});
+    auto r = m->map(rel, pg::tuple_data{cols}, scratch);
     REQUIRE(r.has_value());
     CHECK(r->topic == "order.OrderCreated-v1");
 }
@@ -105,7 +117,7 @@ TEST_CASE("template_without_placeholder_is_a_fixed_topic") {
     REQUIRE(m.has_value());
     auto rel = outbox_relation();
     auto cols = good_row();
-    auto r = m->map(rel, pg::tuple_data{cols});
+    auto r = m->map(rel, pg::tuple_data{cols}, scratch);
     REQUIRE(r.has_value());
     CHECK(r->topic == "all-events");
 }
@@ -170,12 +182,11 @@ TEST_CASE("check_relation_names_missing_mapped_column") {
         CAPTURE(drop);
         auto rel = outbox_relation();
         std::erase_if(rel.columns, [&](const auto& c) { return c.name == drop; });
-        mapping_error err;
-        auto r = m.check_relation(rel, &err);
+        auto r = m.check_relation(rel);
         REQUIRE(r.has_error());
         CHECK(r.error() == errc::missing_column);
-        CHECK(err.code == errc::missing_column);
-        CHECK(err.column == drop);
+        CHECK(r.error().code == errc::missing_column);
+        CHECK(r.error().field == drop);
     }
 }
 
@@ -184,10 +195,9 @@ TEST_CASE("check_relation_names_missing_template_column") {
     cfg.topic_template = "events.{tenant}";
     auto m = outbox_mapper::create(cfg);
     REQUIRE(m.has_value());
-    mapping_error err;
-    auto r = m->check_relation(outbox_relation(), &err);
+    auto r = m->check_relation(outbox_relation());
     REQUIRE(r.has_error());
-    CHECK(err.column == "tenant");
+    CHECK(r.error().field == "tenant");
 }
 
 TEST_CASE("custom_column_names") {
@@ -207,13 +217,13 @@ TEST_CASE("custom_column_names") {
                    {"kind", oid_text, -1, false},
                    {"event_id", oid_uuid, -1, true}};
     std::vector<pg::tuple_column> cols{t("{}"), t("T"), t("E"), t("K"), t("I")};
-    auto r = m->map(rel, pg::tuple_data{cols});
+    auto r = m->map(rel, pg::tuple_data{cols}, scratch);
     REQUIRE(r.has_value());
     CHECK(r->topic == "x.K");
     CHECK(r->key == "E");
     CHECK(r->value == "{}");
-    CHECK(r->id == "I");
-    CHECK(r->type == "T");
+    CHECK(hdr(*r, "id") == "I");
+    CHECK(hdr(*r, "type") == "T");
 }
 
 TEST_CASE("null_aggregateid_gives_null_key") {
@@ -221,7 +231,7 @@ TEST_CASE("null_aggregateid_gives_null_key") {
     auto rel = outbox_relation();
     auto cols = good_row();
     cols[2] = null_col();
-    auto r = m.map(rel, pg::tuple_data{cols});
+    auto r = m.map(rel, pg::tuple_data{cols}, scratch);
     REQUIRE(r.has_value());
     CHECK(r->key_null);
     CHECK(r->key.empty());
@@ -232,7 +242,7 @@ TEST_CASE("null_payload_gives_null_value") {
     auto rel = outbox_relation();
     auto cols = good_row();
     cols[4] = null_col();
-    auto r = m.map(rel, pg::tuple_data{cols});
+    auto r = m.map(rel, pg::tuple_data{cols}, scratch);
     REQUIRE(r.has_value());
     CHECK(r->value_null);
     CHECK(r->value.empty());
@@ -244,7 +254,7 @@ TEST_CASE("empty_payload_is_not_null") {
     rel.columns[4].type_oid = oid_text;
     auto cols = good_row();
     cols[4] = t("");
-    auto r = m.map(rel, pg::tuple_data{cols});
+    auto r = m.map(rel, pg::tuple_data{cols}, scratch);
     REQUIRE(r.has_value());
     CHECK_FALSE(r->value_null);
     CHECK(r->value.empty());
@@ -255,12 +265,11 @@ TEST_CASE("null_id_is_error_naming_column") {
     auto rel = outbox_relation();
     auto cols = good_row();
     cols[0] = null_col();
-    mapping_error err;
-    auto r = m.map(rel, pg::tuple_data{cols}, &err);
+    auto r = m.map(rel, pg::tuple_data{cols}, scratch);
     REQUIRE(r.has_error());
     CHECK(r.error() == errc::null_column);
-    CHECK(err.code == errc::null_column);
-    CHECK(err.column == "id");
+    CHECK(r.error().code == errc::null_column);
+    CHECK(r.error().field == "id");
 }
 
 TEST_CASE("null_type_is_error_naming_column") {
@@ -268,11 +277,10 @@ TEST_CASE("null_type_is_error_naming_column") {
     auto rel = outbox_relation();
     auto cols = good_row();
     cols[3] = null_col();
-    mapping_error err;
-    auto r = m.map(rel, pg::tuple_data{cols}, &err);
+    auto r = m.map(rel, pg::tuple_data{cols}, scratch);
     REQUIRE(r.has_error());
-    CHECK(err.code == errc::null_column);
-    CHECK(err.column == "type");
+    CHECK(r.error().code == errc::null_column);
+    CHECK(r.error().field == "type");
 }
 
 TEST_CASE("null_topic_column_is_error_naming_column") {
@@ -280,11 +288,10 @@ TEST_CASE("null_topic_column_is_error_naming_column") {
     auto rel = outbox_relation();
     auto cols = good_row();
     cols[1] = null_col();
-    mapping_error err;
-    auto r = m.map(rel, pg::tuple_data{cols}, &err);
+    auto r = m.map(rel, pg::tuple_data{cols}, scratch);
     REQUIRE(r.has_error());
     CHECK(r.error() == errc::null_column);
-    CHECK(err.column == "aggregatetype");
+    CHECK(r.error().field == "aggregatetype");
 }
 
 TEST_CASE("unchanged_toast_topic_column_is_error") {
@@ -292,11 +299,10 @@ TEST_CASE("unchanged_toast_topic_column_is_error") {
     auto rel = outbox_relation();
     auto cols = good_row();
     cols[1] = toast_col();
-    mapping_error err;
-    auto r = m.map(rel, pg::tuple_data{cols}, &err);
+    auto r = m.map(rel, pg::tuple_data{cols}, scratch);
     REQUIRE(r.has_error());
     CHECK(r.error() == errc::unchanged_toast_column);
-    CHECK(err.column == "aggregatetype");
+    CHECK(r.error().field == "aggregatetype");
 }
 
 TEST_CASE("unchanged_toast_payload_is_error") {
@@ -305,11 +311,10 @@ TEST_CASE("unchanged_toast_payload_is_error") {
     auto rel = outbox_relation();
     auto cols = good_row();
     cols[4] = toast_col();
-    mapping_error err;
-    auto r = m.map(rel, pg::tuple_data{cols}, &err);
+    auto r = m.map(rel, pg::tuple_data{cols}, scratch);
     REQUIRE(r.has_error());
     CHECK(r.error() == errc::unchanged_toast_column);
-    CHECK(err.column == "payload");
+    CHECK(r.error().field == "payload");
 }
 
 TEST_CASE("unchanged_toast_key_is_error") {
@@ -317,10 +322,9 @@ TEST_CASE("unchanged_toast_key_is_error") {
     auto rel = outbox_relation();
     auto cols = good_row();
     cols[2] = toast_col();
-    mapping_error err;
-    auto r = m.map(rel, pg::tuple_data{cols}, &err);
+    auto r = m.map(rel, pg::tuple_data{cols}, scratch);
     REQUIRE(r.has_error());
-    CHECK(err.column == "aggregateid");
+    CHECK(r.error().field == "aggregateid");
 }
 
 TEST_CASE("binary_jsonb_payload_strips_version_byte") {
@@ -329,7 +333,7 @@ TEST_CASE("binary_jsonb_payload_strips_version_byte") {
     auto cols = good_row();
     const std::string wire = std::string("\x01", 1) + R"({"a": 1})";
     cols[4] = b(wire);
-    auto r = m.map(rel, pg::tuple_data{cols});
+    auto r = m.map(rel, pg::tuple_data{cols}, scratch);
     REQUIRE(r.has_value());
     CHECK(r->value == R"({"a": 1})");
 }
@@ -340,11 +344,10 @@ TEST_CASE("binary_jsonb_payload_with_unknown_version_rejected") {
     auto cols = good_row();
     for (std::string_view wire : {"\x02{}"sv, ""sv}) {
         cols[4] = b(wire);
-        mapping_error err;
-        auto r = m.map(rel, pg::tuple_data{cols}, &err);
+        auto r = m.map(rel, pg::tuple_data{cols}, scratch);
         REQUIRE(r.has_error());
         CHECK(r.error() == errc::bad_value);
-        CHECK(err.column == "payload");
+        CHECK(r.error().field == "payload");
     }
 }
 
@@ -357,7 +360,7 @@ TEST_CASE("binary_json_and_text_payload_used_as_is") {
         auto cols = good_row();
         const std::string wire = std::string("\x01", 1) + "{}";
         cols[4] = b(wire);
-        auto r = m.map(rel, pg::tuple_data{cols});
+        auto r = m.map(rel, pg::tuple_data{cols}, scratch);
         REQUIRE(r.has_value());
         CHECK(r->value == wire);
     }
@@ -369,7 +372,7 @@ TEST_CASE("text_jsonb_payload_not_stripped") {
     auto cols = good_row();
     const std::string text = std::string("\x01", 1) + "x";  // odd, but text mode is verbatim
     cols[4] = t(text);
-    auto r = m.map(rel, pg::tuple_data{cols});
+    auto r = m.map(rel, pg::tuple_data{cols}, scratch);
     REQUIRE(r.has_value());
     CHECK(r->value == text);
 }
@@ -380,7 +383,7 @@ TEST_CASE("relation_replaced_mid_stream_reresolves_columns") {
     auto m = default_mapper();
     auto rel = outbox_relation(1);
     auto cols = good_row();
-    auto r1 = m.map(rel, pg::tuple_data{cols});
+    auto r1 = m.map(rel, pg::tuple_data{cols}, scratch);
     REQUIRE(r1.has_value());
     CHECK(r1->key == "order-42");
 
@@ -390,29 +393,28 @@ TEST_CASE("relation_replaced_mid_stream_reresolves_columns") {
                     {"aggregatetype", oid_text, -1, false}, {"id", oid_uuid, -1, true}};
     std::vector<pg::tuple_column> cols2{t("acme"), t("[1]"), t("Shipped"), t("order-7"), t("shipment"),
                                         t("11111111-1111-1111-1111-111111111111")};
-    auto r2 = m.map(rel2, pg::tuple_data{cols2});
+    auto r2 = m.map(rel2, pg::tuple_data{cols2}, scratch);
     REQUIRE(r2.has_value());
     CHECK(r2->topic == "outbox.event.shipment");
     CHECK(r2->key == "order-7");
     CHECK(r2->value == "[1]");
-    CHECK(r2->type == "Shipped");
-    CHECK(r2->id == "11111111-1111-1111-1111-111111111111");
+    CHECK(hdr(*r2, "type") == "Shipped");
+    CHECK(hdr(*r2, "id") == "11111111-1111-1111-1111-111111111111");
 }
 
 TEST_CASE("relation_losing_column_is_missing_column_on_map") {
     auto m = default_mapper();
     auto rel = outbox_relation(1);
     auto cols = good_row();
-    REQUIRE(m.map(rel, pg::tuple_data{cols}).has_value());
+    REQUIRE(m.map(rel, pg::tuple_data{cols}, scratch).has_value());
     auto rel2 = outbox_relation(2);
     rel2.columns.erase(rel2.columns.begin() + 3);  // type dropped
     auto cols2 = good_row();
     cols2.erase(cols2.begin() + 3);
-    mapping_error err;
-    auto r = m.map(rel2, pg::tuple_data{cols2}, &err);
+    auto r = m.map(rel2, pg::tuple_data{cols2}, scratch);
     REQUIRE(r.has_error());
     CHECK(r.error() == errc::missing_column);
-    CHECK(err.column == "type");
+    CHECK(r.error().field == "type");
 }
 
 TEST_CASE("tuple_column_count_mismatch_rejected") {
@@ -420,7 +422,7 @@ TEST_CASE("tuple_column_count_mismatch_rejected") {
     auto rel = outbox_relation();
     auto cols = good_row();
     cols.pop_back();
-    auto r = m.map(rel, pg::tuple_data{cols});
+    auto r = m.map(rel, pg::tuple_data{cols}, scratch);
     REQUIRE(r.has_error());
     CHECK(r.error() == errc::column_count_mismatch);
 }

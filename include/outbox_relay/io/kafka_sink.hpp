@@ -5,9 +5,13 @@
 // and calls rd_kafka_poll(rk, 0) when it becomes readable. librdkafka's own
 // threads never run relay code.
 //
-// Settings forced by the sink (a user -X cannot weaken them; rejected with a
-// clear error instead): enable.idempotence=true, acks=all,
-// message.timeout.ms=0 (records never time out inside the producer).
+// Settings forced by the sink (config.hpp's refused_kafka_property() keeps a
+// user from setting them; the sink sets them last anyway):
+// enable.idempotence=true, acks=all, message.timeout.ms=0 (records never time
+// out inside the producer), and librdkafka's queue limits from sink_config.
+#include "outbox_relay/record.hpp"
+#include "outbox_relay/relay_session.hpp"
+
 #include <boost/asio/io_context.hpp>
 
 #include <chrono>
@@ -16,69 +20,60 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <span>
 #include <string>
 #include <string_view>
 
 namespace outbox::io {
-
-struct kafka_header {
-    std::string_view name;
-    std::string_view value;
-};
-
-struct kafka_message {
-    std::string_view topic;
-    std::string_view key;
-    bool key_null = false;
-    std::string_view value;
-    bool value_null = false;
-    std::span<const kafka_header> headers;
-};
 
 // One delivery report, delivered on the loop thread.
 struct delivery_report {
     std::uint64_t tag = 0;       // the tag given to produce()
     int err = 0;                 // rd_kafka_resp_err_t; 0 = persisted
     std::string error;           // rd_kafka_err2str, empty on success
-    bool permanent = false;      // err != 0 and not retriable by re-producing (e.g. MSG_SIZE_TOO_LARGE)
+    outbox::delivery_status status = outbox::delivery_status::ok;
+    std::size_t bytes = 0;       // record::bytes() of the record
     std::int32_t partition = -1;
     std::int64_t offset = -1;    // -1 when the broker answered DUPLICATE_SEQUENCE (still success)
     std::string_view topic;
     std::string event_id;        // value of the record's "id" header; filled on failures only
+
+    bool permanent() const noexcept { return status == outbox::delivery_status::permanent; }
 };
 
 struct sink_config {
     std::string brokers;
     std::map<std::string, std::string> properties;  // user -X settings
     std::string client_id = "outbox-relay";
+    // librdkafka's own queue limits (queue.buffering.max.messages / .kbytes);
+    // 0 keeps librdkafka's default. The relay sizes them above its in-flight
+    // limits so that librdkafka never refuses a record first.
+    std::size_t queue_max_messages = 0;
+    std::size_t queue_max_kbytes = 0;
 };
 
 class kafka_sink {
 public:
-    enum class produce_result {
-        ok,          // queued; exactly one delivery report will follow
-        queue_full,  // librdkafka's queue is full: stop reading, retry later
-        fatal,       // the producer hit a fatal error: recreate it
-    };
-
-    // Exactly one call per record produce() accepted (ok), also for failures
-    // produce() saw at once. Runs inside rd_kafka_poll: it may call produce(),
-    // but must not destroy the sink. `topic` is valid during the call only.
-    // Permanent errors: MSG_SIZE_TOO_LARGE, RECORD_LIST_TOO_LARGE,
-    // INVALID_RECORD, TOPIC_AUTHORIZATION_FAILED, UNKNOWN_TOPIC_OR_PART,
-    // __UNKNOWN_TOPIC, __UNKNOWN_PARTITION, TOPIC_EXCEPTION, POLICY_VIOLATION,
-    // INVALID_TIMESTAMP, UNSUPPORTED_FOR_MESSAGE_FORMAT, __INVALID_ARG.
+    // Exactly one call per record given to produce(), also for failures
+    // produce() saw at once (a full queue, an unknown topic, a record too
+    // large), which are delivered from a later loop turn. Runs inside
+    // rd_kafka_poll: it may call produce(), but must not destroy the sink.
+    // `topic` is valid during the call only. Permanent errors (status
+    // permanent): MSG_SIZE_TOO_LARGE, RECORD_LIST_TOO_LARGE, INVALID_RECORD,
+    // TOPIC_AUTHORIZATION_FAILED, UNKNOWN_TOPIC_OR_PART, __UNKNOWN_TOPIC,
+    // __UNKNOWN_PARTITION, TOPIC_EXCEPTION, POLICY_VIOLATION,
+    // INVALID_TIMESTAMP, UNSUPPORTED_FOR_MESSAGE_FORMAT, __INVALID_ARG; every
+    // other failure is transient.
     using report_handler = std::function<void(const delivery_report&)>;
     // Called on the loop for a fatal producer error (rd_kafka_fatal_error) and
-    // at most once per sink; the sink accepts no more records afterwards.
-    // Runs from its own loop turn, not inside rd_kafka_poll, so it may
-    // destroy the sink.
-    using fatal_handler = std::function<void(const std::string& reason)>;
+    // at most once per sink; the sink fails every later record. Runs from its
+    // own loop turn, not inside rd_kafka_poll, so it may destroy the sink.
+    // `fault` says whether a new producer can heal it (see classify_fatal).
+    using fatal_handler = std::function<void(outbox::producer_fault fault, const std::string& reason)>;
 
     // Creates the producer. Throws std::runtime_error naming the property on
-    // a configuration librdkafka rejects or that would weaken a forced setting.
-    // `ioc` must outlive the sink. Handlers run on the thread running `ioc`.
+    // a configuration librdkafka rejects or that tries to set a property the
+    // relay forces. `ioc` must outlive the sink. Handlers run on the thread
+    // running `ioc`.
     kafka_sink(boost::asio::io_context& ioc, const sink_config& cfg, report_handler on_report,
                fatal_handler on_fatal);
     // Purges what is queued and in flight (their reports are discarded) and
@@ -87,8 +82,15 @@ public:
     kafka_sink(const kafka_sink&) = delete;
     kafka_sink& operator=(const kafka_sink&) = delete;
 
-    // Produces one record (copies key, value and headers). Loop thread only.
-    produce_result produce(const kafka_message& msg, std::uint64_t tag);
+    // Produces one record (copies topic, key, value and headers); exactly one
+    // report follows. Loop thread only. The first record to a topic creates
+    // the topic's handle, which asks the brokers for its metadata at once
+    // (asynchronously) rather than at librdkafka's next periodic refresh.
+    void produce(const outbox::record& rec, std::uint64_t tag);
+
+    // Creates the topic's handle now (see produce), so that its metadata is
+    // there before its first record. Loop thread only; never blocks.
+    void prepare_topic(std::string_view topic);
 
     // Serves pending reports now (rd_kafka_poll(rk, 0)); the loop also does it
     // by itself whenever the queue wakes it.
@@ -102,13 +104,7 @@ public:
     std::size_t bytes_in_flight() const noexcept { return bytes_in_flight_; }
     bool failed() const noexcept { return failed_; }
 
-    // Fetches `topic`'s metadata into the producer's cache now (blocking, up
-    // to `timeout`), so the first record to a topic not seen yet does not wait
-    // for librdkafka's 1 s metadata refresh timer. Loop thread. Returns false
-    // on timeout or error (harmless: produce() still works, just later).
-    bool warm_topic(const std::string& topic, std::chrono::milliseconds timeout);
-
-    // The librdkafka handle, for the dedupe reader and for tests.
+    // The librdkafka handle, for tests.
     void* native_handle() const noexcept;
 
 private:
@@ -119,5 +115,10 @@ private:
     bool failed_ = false;
     friend struct impl;
 };
+
+// Whether a fatal producer error (rd_kafka_fatal_error's code, an
+// rd_kafka_resp_err_t) can be healed by a new producer. Authorisation,
+// unsupported features and configuration errors cannot.
+outbox::producer_fault classify_fatal(int rd_kafka_err) noexcept;
 
 }  // namespace outbox::io

@@ -10,7 +10,8 @@
 // Algorithm. One librdkafka consumer that never joins a group and never commits
 // (assign() only, enable.auto.commit=false, isolation.level=read_committed,
 // enable.partition.eof=true):
-//   1. Metadata for T -> its partitions; per partition the low/high watermarks.
+//   1. Metadata for T -> its partitions; the low and high watermarks of all of
+//      them in two ListOffsets round trips (one per partition leader each).
 //   2. Rounds. Round r reads, for every partition not done yet, the chunk
 //      [max(lo, end - N_r), end), where end is hi for the first round and the
 //      previous chunk's start afterwards, and N_r = first_chunk * 2^r. All
@@ -41,10 +42,22 @@
 #include "outbox_relay/dedupe.hpp"
 #include "outbox_relay/lsn.hpp"
 
+#include <boost/asio/io_context.hpp>
+
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
 #include <cstdint>
 #include <map>
+#include <stdexcept>
 #include <string>
 
 namespace outbox::io {
@@ -61,6 +74,18 @@ struct tail_scan_options {
     // Records per partition in the first round (values below 1 count as 1);
     // doubled each round. Tests use small values to exercise several rounds.
     std::int64_t first_chunk = 1000;
+    // When set and it becomes true, the scan gives up within ~100 ms
+    // (tail_scan_error, not permanent): the relay is stopping.
+    const std::atomic<bool>* cancel = nullptr;
+};
+
+// Why a scan failed. `permanent`: waiting cannot cure it (authorisation or
+// authentication refused, a topic name the brokers reject, a property
+// librdkafka rejects); otherwise the deadline passed or the scan was
+// cancelled, and a later attempt may succeed.
+struct tail_scan_error : std::runtime_error {
+    tail_scan_error(const std::string& what, bool is_permanent) : std::runtime_error(what), permanent(is_permanent) {}
+    bool permanent;
 };
 
 struct tail_scan_result {
@@ -77,10 +102,49 @@ struct tail_scan_result {
 // thread up to `opts.deadline`; meant for the relay's loop thread at stream
 // start, before anything is produced to `topic`. Arguments are only used during
 // the call. A topic that does not exist yields an empty result (nothing to skip).
-// Throws std::runtime_error naming the topic and the cause when the deadline
-// passes (brokers unreachable, leader missing, fetch stuck), on an
-// authorization/authentication failure, or when librdkafka rejects a property
-// (values of secret properties are not shown).
+// Throws tail_scan_error naming the topic and the cause when the deadline
+// passes (brokers unreachable, leader missing, fetch stuck) or the scan is
+// cancelled, on an authorization/authentication failure or an invalid topic
+// name (permanent), or when librdkafka rejects a property (permanent; values
+// of secret properties are not shown). Any thread; one scan per call.
 tail_scan_result scan_topic_tail(const tail_scan_options& opts, const std::string& topic, outbox::lsn from);
+
+// Runs tail scans off the loop thread: each on a worker thread (at most
+// `max_parallel` at once, the rest queued in order), with the completion
+// posted to `ioc`. Only `ioc`'s thread may call submit() and destroy the
+// pool; completions run there too, and never after the pool is destroyed.
+// The destructor cancels the scans still running (they stop within ~100 ms)
+// and joins the workers.
+class tail_scan_pool {
+public:
+    // Exactly one of `result` / `error` is set.
+    using done_fn = std::function<void(std::optional<tail_scan_result> result, std::optional<tail_scan_error> error)>;
+
+    tail_scan_pool(boost::asio::io_context& ioc, tail_scan_options base, std::size_t max_parallel = 4);
+    ~tail_scan_pool();
+    tail_scan_pool(const tail_scan_pool&) = delete;
+    tail_scan_pool& operator=(const tail_scan_pool&) = delete;
+
+    // Queues a scan of `topic` from `from` with the base options.
+    void submit(std::string topic, outbox::lsn from, done_fn done);
+
+private:
+    struct job {
+        std::string topic;
+        outbox::lsn from;
+        done_fn done;
+    };
+    void work();
+
+    boost::asio::io_context& ioc_;
+    tail_scan_options base_;
+    std::atomic<bool> cancel_{false};
+    std::shared_ptr<int> alive_ = std::make_shared<int>(0);
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::deque<job> queue_;
+    bool stopping_ = false;
+    std::vector<std::thread> workers_;
+};
 
 }  // namespace outbox::io

@@ -1,26 +1,25 @@
 #pragma once
-// The relay: wires the replication stream, the pgoutput decoder, the outbox
-// mapping, the Kafka sink and the checkpoint tracker on one io_context, and
-// supervises them (reconnects, producer recreation, graceful drain).
+// The relay shell: feeds I/O events (replication frames, delivery reports,
+// tail-scan results, timer ticks, signals) into the pure relay_session and
+// executes the commands it returns, on one io_context. It decides nothing;
+// every rule is the session's (relay_session.hpp).
 #include "outbox_relay/config.hpp"
+#include "outbox_relay/exit_code.hpp"
 
 #include <boost/asio/io_context.hpp>
 
 #include <memory>
+#include <stdexcept>
 #include <string>
 
 namespace outbox::io {
 
-// Process exit codes besides the set-up ones of pg_setup.hpp (10-16).
-enum class relay_exit : int {
-    ok = 0,
-    runtime = 1,            // unexpected failure (message logged)
-    usage = 2,              // bad command line / configuration
-    kafka_config = 20,      // librdkafka rejected the producer configuration
-    record_rejected = 21,   // Kafka refused a record for good (event id logged); nothing past it confirmed
-    protocol = 22,          // undecodable replication data or unexpected message (LSN logged)
-    outbox_schema = 23,     // the outbox relation lost a mapped column mid-stream
-    slot = 24,              // slot missing/invalidated while streaming
+// A start-up failure with the exit code it maps to (kafka_config when
+// librdkafka rejects the producer configuration, metrics_listen when the
+// HTTP endpoint cannot listen).
+struct start_error : std::runtime_error {
+    start_error(exit_code c, const std::string& what) : std::runtime_error(what), code(c) {}
+    exit_code code;
 };
 
 class relay {
@@ -31,8 +30,8 @@ public:
     relay(const relay&) = delete;
     relay& operator=(const relay&) = delete;
 
-    // Creates the producer and starts streaming. Throws std::runtime_error on a
-    // producer configuration librdkafka rejects.
+    // Creates the producer and the metrics endpoint and starts streaming.
+    // Throws start_error.
     void start();
 
     // Graceful stop (SIGTERM/SIGINT): finish the transaction being received,

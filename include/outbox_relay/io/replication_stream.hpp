@@ -21,6 +21,11 @@ struct stream_options {
     int proto_version = 1;
     bool messages = true;
     std::string application_name = "outbox-relay";
+    // libpq tcp_user_timeout (ms; 0 = the kernel's default): how long sent data
+    // may stay unacknowledged before the kernel drops the connection. This
+    // is what notices a dead path while reading is paused (a status update
+    // is then always outstanding, so keepalive probes never fire).
+    int tcp_user_timeout_ms = 0;
 };
 
 enum class stream_error_kind {
@@ -39,9 +44,9 @@ struct stream_handlers {
     // The stream is live: START_REPLICATION succeeded. `slot_confirmed` is the
     // slot's confirmed_flush_lsn read just before starting.
     std::function<void(lsn slot_confirmed)> on_started;
-    // One XLogData frame; `x.payload` is valid only during the call.
-    std::function<void(const walsender::xlog_data& x)> on_xlog;
-    std::function<void(const walsender::keepalive& k)> on_keepalive;
+    // One CopyData message from the server ('w' XLogData or 'k' keepalive,
+    // see walsender.hpp), unparsed; `frame` is valid only during the call.
+    std::function<void(std::string_view frame)> on_copy_data;
     // The stream ended (error or server closed). Called once; no other handler
     // runs afterwards.
     std::function<void(const stream_error& e)> on_closed;

@@ -1,0 +1,293 @@
+#pragma once
+// The relay's rules as one pure state machine ("sans-I/O"): events in,
+// commands out. It owns the pgoutput decoder, the relation cache, the outbox
+// mapper, the checkpoint tracker, seq numbering, the exactly-once dedupe
+// filter, parked records, backpressure, status-update timing, reconnect and
+// producer-restart sequencing, and the shutdown drain. It never blocks,
+// throws (beyond std::bad_alloc) or logs; time comes in with every event.
+// docs/ARCHITECTURE.md has the phase diagram.
+//
+// The shell (io/relay.cpp) feeds events and, after every event, executes the
+// commands the session queued, in order, before feeding the next event:
+//
+//   events in                                   commands out
+//   start()                                     start_stream(from)
+//   on_stream_started(slot_confirmed)           close_stream / stop_stream
+//   on_copy_data(frame)                         send_status(write, flush, reply)
+//   on_stream_closed(kind, message)             pause_reading / resume_reading
+//   on_stream_stopped()                         produce(record, tag)
+//   on_delivery(tag, outcome)                   scan_topic(id, topic, from)   (off the loop)
+//   on_producer_fatal(fault, reason)            recreate_producer
+//   on_scan_done(id, outcome)                   note(level, text)             (for the log)
+//   on_tick(now) / on_shutdown()                stop(exit code, reason)
+//
+// Views in commands (a produce's record, a note's text) are valid until the
+// next event is fed. One thread at a time.
+#include "outbox_relay/checkpoint.hpp"
+#include "outbox_relay/config.hpp"
+#include "outbox_relay/dedupe.hpp"
+#include "outbox_relay/exit_code.hpp"
+#include "outbox_relay/lsn.hpp"
+#include "outbox_relay/metrics.hpp"
+#include "outbox_relay/outbox.hpp"
+#include "outbox_relay/pgoutput.hpp"
+#include "outbox_relay/record.hpp"
+#include "outbox_relay/relation_cache.hpp"
+#include "outbox_relay/walsender.hpp"
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <variant>
+#include <vector>
+
+namespace outbox {
+
+using steady_time = std::chrono::steady_clock::time_point;
+
+// The time of an event: the monotonic clock for every timer, the wall clock
+// (µs since the Unix epoch) for status updates and commit latency.
+struct event_time {
+    steady_time mono;
+    std::int64_t wall_us = 0;
+};
+
+// Identifies a produced record: the shell passes it to the sink as the
+// message opaque and hands it back with the delivery outcome. It encodes the
+// producer generation, so reports from a producer that was replaced are
+// recognised and ignored.
+using record_tag = std::uint64_t;
+
+enum class delivery_status {
+    ok,         // persisted (acks=all)
+    transient,  // failed, but the same record may succeed again (purge, queue full): restart from confirmed
+    permanent,  // Kafka refuses this record for good (too large, not authorised, invalid topic)
+};
+
+struct delivery {
+    delivery_status status = delivery_status::ok;
+    std::size_t bytes = 0;       // record::bytes() of the record, as produced
+    std::string_view error;      // librdkafka's text on failure
+    std::string_view topic;
+    std::string_view event_id;   // failures: the record's id header
+};
+
+enum class producer_fault {
+    healable,   // a new producer may succeed (sequence desynchronisation, ...): exit 25 only if it keeps failing
+    permanent,  // no new producer can succeed (authorisation, unsupported feature): exit 25
+    config,     // librdkafka refused to create a new producer with the configuration: exit 20
+};
+
+enum class stream_end {
+    connection_lost,  // socket closed, server restarted, network: reconnect with backoff
+    slot_busy,        // the slot is active for another process (a standby): retry every second
+    fatal,            // slot missing or invalidated, permissions, protocol: stop
+};
+
+struct scan_outcome {
+    enum class kind { ok, transient, permanent } status = kind::ok;
+    position_set present;        // ok: positions >= from found in the topic
+    std::string message;         // failures: why
+};
+
+enum class session_phase {
+    idle,              // start() not called yet
+    connecting,        // start_stream issued; waiting for on_stream_started or on_stream_closed
+    streaming,         // the stream is live
+    reconnect_wait,    // stream lost: waiting for the backoff, then for in-flight records to drain
+    producer_restart,  // producer failed: stream closed, waiting for the backoff, then a new producer
+    finishing_txn,     // shutdown asked mid-transaction: streaming on until its Commit or the drain deadline
+    draining,          // shutdown: reading stopped, waiting for acks (bounded), then the final status
+    stopping,          // stop_stream issued; waiting for on_stream_stopped
+    stopped,           // stop issued; nothing happens any more
+};
+std::string_view phase_name(session_phase p) noexcept;
+
+namespace cmd {
+struct start_stream { lsn from; };        // connect, START_REPLICATION from `from` (0/0: the slot's position)
+struct close_stream {};                   // drop the connection now; no further events of it
+struct stop_stream {};                    // graceful end (CopyDone); the shell then calls on_stream_stopped
+struct send_status { lsn write; lsn flush; bool reply_requested = false; };
+struct pause_reading {};
+struct resume_reading {};
+struct produce { record rec; record_tag tag; };
+struct scan_topic { std::uint64_t id; std::string topic; lsn from; };
+struct recreate_producer {};              // destroy the producer (purging what it holds) and make a new one
+struct note { enum class level { info, warn, error } lvl; std::string text; };  // key=value text for the log
+struct stop { exit_code code; std::string reason; };
+}  // namespace cmd
+
+using command = std::variant<cmd::start_stream, cmd::close_stream, cmd::stop_stream, cmd::send_status,
+                             cmd::pause_reading, cmd::resume_reading, cmd::produce, cmd::scan_topic,
+                             cmd::recreate_producer, cmd::note, cmd::stop>;
+
+class relay_session {
+public:
+    // `cfg` is copied. The mapper is built from cfg.routing, which
+    // build_config has validated (an invalid template aborts).
+    explicit relay_session(const relay_config& cfg);
+    relay_session(const relay_session&) = delete;
+    relay_session& operator=(const relay_session&) = delete;
+
+    // ---- events
+    void start(event_time now);
+    void on_stream_started(lsn slot_confirmed, event_time now);
+    void on_copy_data(std::string_view frame, event_time now);
+    void on_stream_closed(stream_end kind, std::string_view message, event_time now);
+    void on_stream_stopped(event_time now);
+    void on_delivery(record_tag tag, const delivery& d, event_time now);
+    void on_producer_fatal(producer_fault fault, std::string_view reason, event_time now);
+    void on_scan_done(std::uint64_t scan_id, scan_outcome outcome, event_time now);
+    void on_tick(event_time now);
+    void on_shutdown(event_time now);
+
+    // ---- commands: what the last events asked for, oldest first. The shell
+    // executes them and clears the vector.
+    std::vector<command>& commands() noexcept { return cmds_; }
+
+    // ---- state, for the shell's timer, /readyz and tests
+    // The earliest time at which on_tick has something to do (max() if none).
+    steady_time next_deadline() const noexcept;
+    session_phase phase() const noexcept { return phase_; }
+    // {true, "streaming"} or {false, why not}.
+    std::pair<bool, std::string_view> readiness() const noexcept;
+    lsn confirmed() const noexcept { return tracker_.confirmed(); }
+    lsn received() const noexcept { return received_; }
+    lsn stream_start() const noexcept { return scan_from_; }
+    std::size_t in_flight_records() const noexcept { return in_flight_records_; }
+    std::size_t in_flight_bytes() const noexcept { return in_flight_bytes_; }
+    std::size_t parked_records() const noexcept { return parked_records_; }
+    std::size_t pending_txns() const noexcept { return tracker_.pending_txns(); }
+    bool reading_paused() const noexcept { return paused_; }
+    relay_metrics& metrics() noexcept { return metrics_; }
+    const relay_metrics& metrics() const noexcept { return metrics_; }
+
+private:
+    struct parked_record {
+        owned_record rec;
+        record_position pos;
+        checkpoint_tracker::txn_id txn;
+        std::size_t bytes;
+    };
+    struct topic_state {
+        enum class st { scanning, retry_wait, ready } state = st::scanning;
+        std::uint64_t scan_id = 0;
+        position_set present;
+        lsn max_present;             // highest commit LSN in `present`
+        std::deque<parked_record> parked;
+        steady_time retry_at{};
+        unsigned failures = 0;
+    };
+
+    // frames and messages
+    void handle(const walsender::xlog_data& x, event_time now);
+    void handle(const walsender::keepalive& k, event_time now);
+    void on_message(const pgoutput::begin& m, const walsender::xlog_data& x);
+    void on_message(const pgoutput::commit& m, const walsender::xlog_data& x);
+    void on_message(const pgoutput::relation& m, const walsender::xlog_data& x);
+    void on_message(const pgoutput::insert& m, const walsender::xlog_data& x);
+    void on_message(const pgoutput::update& m, const walsender::xlog_data& x);
+    void on_message(const pgoutput::delete_& m, const walsender::xlog_data& x);
+    void on_message(const pgoutput::truncate& m, const walsender::xlog_data& x);
+    void on_message(const pgoutput::message& m, const walsender::xlog_data& x);
+    void on_message(const pgoutput::origin& m, const walsender::xlog_data& x);
+    void on_message(const pgoutput::type& m, const walsender::xlog_data& x);
+    template <class M>
+    void on_message(const M& m, const walsender::xlog_data& x);
+
+    // records
+    void route(const record& rec, record_position pos);
+    void release_parked(topic_state& t);
+    void produce_now(const record& rec, record_position pos, checkpoint_tracker::txn_id txn, std::size_t bytes);
+    void park(topic_state& t, const record& rec, record_position pos, checkpoint_tracker::txn_id txn,
+              std::size_t bytes);
+    void request_scan(const std::string& topic, topic_state& t);
+    void drop_stream_state();
+
+    // flow control and checkpoint
+    void update_backpressure();
+    void apply_reading();
+    void confirmed_moved(event_time now);
+    void send_status(event_time now, bool reply_requested);
+    void maybe_send_status(event_time now);
+
+    // lifecycle
+    void connect(event_time now);
+    void lose_stream(event_time now, std::chrono::milliseconds delay);
+    void restart_producer(std::string_view why, event_time now);
+    void begin_drain(event_time now);
+    void maybe_finish_drain(event_time now);
+    void finish(event_time now);
+    void fail(exit_code code, std::string reason, event_time now);
+    void maybe_reconnect(event_time now);
+    void note(cmd::note::level lvl, std::string text);
+    bool stream_open() const noexcept;
+    std::chrono::milliseconds next_backoff(std::chrono::milliseconds floor) noexcept;
+
+    relay_config cfg_;
+    relay_metrics metrics_;
+    outbox_mapper mapper_;
+    pgoutput::decoder decoder_;
+    relation_cache relations_;
+    checkpoint_tracker tracker_;
+    std::vector<command> cmds_;
+
+    enum class stream_state { none, connecting, live };
+
+    event_time now_{};                // time of the event being handled
+    session_phase phase_ = session_phase::idle;
+    stream_state stream_ = stream_state::none;
+    exit_code exit_ = exit_code::ok;
+    std::string exit_reason_;
+    std::string not_ready_;           // why /readyz says no, while not streaming
+
+    // stream
+    std::uint64_t stream_epoch_ = 0;  // bumped at every start_stream
+    lsn requested_from_;
+    lsn scan_from_;                   // S: where the current stream replays from
+    lsn received_;
+    lsn last_sent_flush_;
+    bool paused_ = false;             // reading paused (backpressure or drain), as last commanded
+    bool backpressure_ = false;
+    bool shutdown_requested_ = false;
+    bool slot_busy_noted_ = false;
+    steady_time last_heard_{};
+    bool probe_sent_ = false;         // a reply was asked for since last_heard_
+    steady_time last_status_{};
+    bool status_dirty_ = false;       // confirmed moved since the last status update
+    steady_time phase_deadline_ = steady_time::max();
+    std::chrono::milliseconds backoff_{0};
+
+    // the open transaction
+    bool in_txn_ = false;
+    lsn txn_final_lsn_;
+    std::uint32_t seq_ = 0;
+
+    // producer
+    std::uint64_t producer_epoch_ = 1;
+    unsigned fatal_in_a_row_ = 0;
+    std::chrono::milliseconds producer_backoff_{0};
+    std::size_t in_flight_records_ = 0;
+    std::size_t in_flight_bytes_ = 0;
+
+    // exactly-once
+    std::unordered_map<std::string, topic_state> topics_;
+    std::string last_topic_name_;
+    topic_state* last_topic_ = nullptr;
+    std::uint64_t next_scan_ = 0;
+    steady_time scan_retry_at_ = steady_time::max();
+    std::size_t parked_records_ = 0;
+    std::size_t parked_bytes_ = 0;
+
+    // per-event scratch the produce commands view
+    record_scratch scratch_;
+    position_text pos_text_{record_position{}};
+    std::vector<parked_record> released_;
+};
+
+}  // namespace outbox

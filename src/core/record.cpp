@@ -1,0 +1,41 @@
+#include "outbox_relay/record.hpp"
+
+#include <cstring>
+
+namespace outbox {
+
+owned_record::owned_record(const record& r) {
+    std::size_t n = r.topic.size() + r.key.size() + r.value.size();
+    for (const header& h : r.headers) n += h.name.size() + h.value.size();
+    buf_ = std::make_unique<char[]>(n == 0 ? 1 : n);
+    char* p = buf_.get();
+    auto copy = [&p](std::string_view s) {
+        if (!s.empty()) std::memcpy(p, s.data(), s.size());
+        std::string_view v(p, s.size());
+        p += s.size();
+        return v;
+    };
+    rec_.topic = copy(r.topic);
+    rec_.key = copy(r.key);
+    rec_.key_null = r.key_null;
+    rec_.value = copy(r.value);
+    rec_.value_null = r.value_null;
+    headers_.reserve(r.headers.size());
+    for (const header& h : r.headers) {
+        std::string_view name = copy(h.name);
+        headers_.push_back({name, copy(h.value)});
+    }
+    rec_.headers = std::span<const header>(headers_.data(), headers_.size());
+}
+
+bool valid_topic_name(std::string_view name) noexcept {
+    if (name.empty() || name.size() > 249 || name == "." || name == "..") return false;
+    for (char c : name) {
+        const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+                        c == '_' || c == '-';
+        if (!ok) return false;
+    }
+    return true;
+}
+
+}  // namespace outbox

@@ -1,0 +1,830 @@
+#include "outbox_relay/relay_session.hpp"
+
+#include <algorithm>
+#include <utility>
+
+namespace outbox {
+namespace {
+
+using std::chrono::milliseconds;
+
+// Acks come in bursts (one librdkafka poll serves thousands); one status
+// update per burst is enough, and Postgres does not need the flush position
+// more often than this.
+constexpr milliseconds confirm_gap{50};
+// A slot held by another process (a standby relay waiting for its turn).
+constexpr milliseconds slot_busy_retry{1000};
+// First delays of the exponential backoffs; each is capped by reconnect-backoff-max-ms.
+constexpr milliseconds reconnect_floor{200};
+constexpr milliseconds producer_restart_floor{200};
+constexpr milliseconds scan_retry_floor{500};
+
+// record_tag = producer generation << 48 | checkpoint transaction id.
+constexpr unsigned tag_shift = 48;
+constexpr std::uint64_t tag_txn_mask = (std::uint64_t{1} << tag_shift) - 1;
+
+template <class... F>
+struct overloaded : F... {
+    using F::operator()...;
+};
+
+std::string lsn_text(lsn l) { return l.to_string(); }
+
+std::string quoted(std::string_view s) {
+    // The log layer escapes; here only make a value with spaces one token.
+    std::string out;
+    out.reserve(s.size() + 2);
+    out += '"';
+    for (char c : s) {
+        if (c == '"' || c == '\\') out += '\\';
+        out += c;
+    }
+    out += '"';
+    return out;
+}
+
+milliseconds doubled(milliseconds current, milliseconds floor, milliseconds cap) {
+    milliseconds next = current.count() == 0 ? floor : current * 2;
+    return std::clamp(next, std::min(floor, cap), cap);
+}
+
+}  // namespace
+
+std::string_view phase_name(session_phase p) noexcept {
+    switch (p) {
+        case session_phase::idle: return "idle";
+        case session_phase::connecting: return "connecting";
+        case session_phase::streaming: return "streaming";
+        case session_phase::reconnect_wait: return "reconnect_wait";
+        case session_phase::producer_restart: return "producer_restart";
+        case session_phase::finishing_txn: return "finishing_txn";
+        case session_phase::draining: return "draining";
+        case session_phase::stopping: return "stopping";
+        case session_phase::stopped: return "stopped";
+    }
+    return "unknown";
+}
+
+relay_session::relay_session(const relay_config& cfg)
+    : cfg_(cfg),
+      mapper_(outbox_mapper::create(cfg_.routing).value()),
+      decoder_(pgoutput::decoder_options{1, false}) {
+    cmds_.reserve(64);
+}
+
+// ---------------------------------------------------------------- lifecycle
+
+void relay_session::start(event_time now) {
+    if (phase_ != session_phase::idle) return;
+    now_ = now;
+    connect(now);
+}
+
+void relay_session::connect(event_time now) {
+    (void)now;
+    ++stream_epoch_;
+    requested_from_ = tracker_.confirmed();
+    phase_ = session_phase::connecting;
+    stream_ = stream_state::connecting;
+    not_ready_ = "connecting to Postgres";
+    phase_deadline_ = steady_time::max();
+    // Every stream starts with its own Relation messages and transaction
+    // boundaries; nothing of the previous one may leak in.
+    decoder_ = pgoutput::decoder(pgoutput::decoder_options{1, false});
+    relations_.clear();
+    in_txn_ = false;
+    paused_ = false;
+    cmds_.emplace_back(cmd::start_stream{requested_from_});
+}
+
+void relay_session::on_stream_started(lsn slot_confirmed, event_time now) {
+    now_ = now;
+    if (phase_ != session_phase::connecting) return;
+    stream_ = stream_state::live;
+    // The server starts at max(requested, confirmed_flush): that is S, the
+    // start of the window it replays.
+    const lsn start = std::max(slot_confirmed, requested_from_);
+    scan_from_ = start;
+    topics_.clear();
+    last_topic_ = nullptr;
+    // Nothing is in flight at a stream start (reconnects wait for the acks,
+    // a producer restart begins afresh), so the tracker may jump to S.
+    if (tracker_.confirmed() < start && tracker_.idle() && tracker_.pending_txns() == 0)
+        tracker_ = checkpoint_tracker(start);
+    backoff_ = milliseconds{0};
+    slot_busy_noted_ = false;
+    phase_ = session_phase::streaming;
+    not_ready_.clear();
+    last_heard_ = now.mono;
+    probe_sent_ = false;
+    note(cmd::note::level::info, "event=streaming slot=" + cfg_.slot + " slot_confirmed=" + lsn_text(slot_confirmed) +
+                                     " start=" + lsn_text(start) + " confirmed=" + lsn_text(tracker_.confirmed()));
+    // Tell the server at once what we have confirmed (it may be ahead of the
+    // slot when the previous connection dropped before an update).
+    send_status(now, false);
+    update_backpressure();
+}
+
+void relay_session::on_stream_closed(stream_end kind, std::string_view message, event_time now) {
+    now_ = now;
+    if (stream_ == stream_state::none) return;  // a stream we already dropped
+    stream_ = stream_state::none;
+    if (phase_ == session_phase::stopping) {
+        on_stream_stopped(now);
+        return;
+    }
+    if (phase_ == session_phase::stopped) return;
+    switch (kind) {
+        case stream_end::fatal:
+            fail(exit_code::slot_lost, "replication stream failed: " + std::string(message), now);
+            return;
+        case stream_end::slot_busy:
+            not_ready_ = "replication slot " + cfg_.slot + " is held by another process";
+            if (!slot_busy_noted_) {
+                note(cmd::note::level::info,
+                     "event=slot_busy slot=" + cfg_.slot + " msg=" + quoted(message) + " action=retrying_every_1s");
+                slot_busy_noted_ = true;
+            }
+            lose_stream(now, slot_busy_retry);
+            return;
+        case stream_end::connection_lost:
+            metrics_.pg_reconnects.inc();
+            note(cmd::note::level::warn, "event=connection_lost msg=" + quoted(message) +
+                                             " confirmed=" + lsn_text(tracker_.confirmed()));
+            not_ready_ = "reconnecting to Postgres: " + std::string(message);
+            lose_stream(now, next_backoff(reconnect_floor));
+            return;
+    }
+}
+
+void relay_session::on_stream_stopped(event_time now) {
+    now_ = now;
+    stream_ = stream_state::none;
+    if (phase_ != session_phase::stopping) return;
+    phase_ = session_phase::stopped;
+    cmds_.emplace_back(cmd::stop{exit_, exit_reason_});
+}
+
+// The stream is gone (closed by the server, by us, or never started):
+// everything tied to it goes, and a reconnect follows after `delay` and once
+// every record still in flight has a report.
+void relay_session::lose_stream(event_time now, milliseconds delay) {
+    tracker_.abandon_open_txn();
+    in_txn_ = false;
+    drop_stream_state();
+    if (shutdown_requested_) {
+        // Nothing more can be confirmed without a stream: stop; the next
+        // start resumes from the slot.
+        finish(now);
+        return;
+    }
+    phase_ = session_phase::reconnect_wait;
+    phase_deadline_ = now.mono + delay;
+    update_backpressure();
+}
+
+void relay_session::maybe_reconnect(event_time now) {
+    if (phase_ != session_phase::reconnect_wait) return;
+    if (phase_deadline_ != steady_time::max() && now.mono < phase_deadline_) return;
+    // Records of the lost stream still in flight: reconnect only once they
+    // are acked, from the position they let us confirm, so that the server
+    // does not resend them and the tail scan sees them.
+    if (in_flight_records_ > 0) {
+        phase_deadline_ = steady_time::max();  // the last ack calls us again
+        not_ready_ = "waiting for Kafka to acknowledge the records of the lost stream";
+        return;
+    }
+    connect(now);
+}
+
+// Parked records belong to the stream that was lost: their transactions are
+// resent after the reconnect. They were counted in the tracker, so the
+// transactions from the oldest one with a parked record on are marked never
+// to be confirmed, and the parked records given up.
+void relay_session::drop_stream_state() {
+    if (parked_records_ > 0) {
+        checkpoint_tracker::txn_id oldest = ~checkpoint_tracker::txn_id{0};
+        for (auto& [name, t] : topics_)
+            if (!t.parked.empty()) oldest = std::min(oldest, t.parked.front().txn);
+        tracker_.abandon_from(oldest);
+        for (auto& [name, t] : topics_)
+            for (const parked_record& p : t.parked) (void)tracker_.ack(p.txn);
+    }
+    parked_records_ = 0;
+    parked_bytes_ = 0;
+    topics_.clear();
+    last_topic_ = nullptr;
+    scan_retry_at_ = steady_time::max();
+}
+
+void relay_session::restart_producer(std::string_view why, event_time now) {
+    if (phase_ == session_phase::producer_restart || phase_ == session_phase::stopping ||
+        phase_ == session_phase::stopped)
+        return;
+    ++fatal_in_a_row_;
+    if (fatal_in_a_row_ > cfg_.producer_restart_limit) {
+        fail(exit_code::producer_failed,
+             "the Kafka producer failed " + std::to_string(fatal_in_a_row_) +
+                 " times in a row without delivering anything (last: " + std::string(why) + ")",
+             now);
+        return;
+    }
+    if (stream_ != stream_state::none) {
+        cmds_.emplace_back(cmd::close_stream{});
+        stream_ = stream_state::none;
+    }
+    tracker_.abandon_open_txn();
+    in_txn_ = false;
+    drop_stream_state();
+    if (shutdown_requested_) {
+        finish(now);
+        return;
+    }
+    const milliseconds delay = doubled(producer_backoff_, producer_restart_floor, cfg_.reconnect_backoff_max);
+    producer_backoff_ = delay;
+    note(cmd::note::level::warn, "event=producer_restart reason=" + quoted(why) + " confirmed=" +
+                                     lsn_text(tracker_.confirmed()) + " in_a_row=" + std::to_string(fatal_in_a_row_) +
+                                     " after_ms=" + std::to_string(delay.count()));
+    phase_ = session_phase::producer_restart;
+    not_ready_ = "restarting the Kafka producer: " + std::string(why);
+    phase_deadline_ = now.mono + delay;
+}
+
+void relay_session::on_producer_fatal(producer_fault fault, std::string_view reason, event_time now) {
+    now_ = now;
+    if (fault == producer_fault::config) {
+        fail(exit_code::kafka_config, "librdkafka rejected the producer configuration: " + std::string(reason), now);
+        return;
+    }
+    if (fault == producer_fault::permanent) {
+        fail(exit_code::producer_failed, "the Kafka producer failed for good: " + std::string(reason), now);
+        return;
+    }
+    restart_producer(reason, now);
+}
+
+void relay_session::on_shutdown(event_time now) {
+    now_ = now;
+    if (shutdown_requested_) return;  // a second signal: the drain is bounded anyway
+    shutdown_requested_ = true;
+    note(cmd::note::level::info, "event=shutdown_requested phase=" + std::string(phase_name(phase_)) +
+                                     " open_txn=" + (in_txn_ ? "true" : "false") +
+                                     " in_flight=" + std::to_string(in_flight_records_));
+    switch (phase_) {
+        case session_phase::idle:
+        case session_phase::reconnect_wait:
+        case session_phase::producer_restart:
+            finish(now);
+            return;
+        case session_phase::connecting:
+            cmds_.emplace_back(cmd::close_stream{});
+            stream_ = stream_state::none;
+            finish(now);
+            return;
+        case session_phase::streaming:
+            // Finish the transaction being received first, so that its
+            // records can be confirmed and a restart does not replay them,
+            // but not for longer than the drain timeout.
+            if (in_txn_) {
+                phase_ = session_phase::finishing_txn;
+                phase_deadline_ = now.mono + cfg_.drain_timeout;
+                return;
+            }
+            begin_drain(now);
+            return;
+        default:
+            return;
+    }
+}
+
+void relay_session::begin_drain(event_time now) {
+    phase_ = session_phase::draining;
+    not_ready_ = "shutting down";
+    phase_deadline_ = now.mono + cfg_.drain_timeout;
+    apply_reading();
+    maybe_finish_drain(now);
+}
+
+void relay_session::maybe_finish_drain(event_time now) {
+    if (phase_ != session_phase::draining) return;
+    if (in_flight_records_ > 0 || parked_records_ > 0) return;
+    finish(now);
+}
+
+// Final status update (with a live stream) and stop. Whatever is acked so
+// far is confirmed by it; the rest is resent at the next start.
+void relay_session::finish(event_time now) {
+    if (phase_ == session_phase::stopping || phase_ == session_phase::stopped) return;
+    note(cmd::note::level::info, "event=stopping confirmed=" + lsn_text(tracker_.confirmed()) +
+                                     " in_flight=" + std::to_string(in_flight_records_) +
+                                     " parked=" + std::to_string(parked_records_));
+    if (stream_ == stream_state::live) {
+        send_status(now, false);
+        cmds_.emplace_back(cmd::stop_stream{});
+        phase_ = session_phase::stopping;
+        not_ready_ = "stopping";
+        return;
+    }
+    if (stream_ == stream_state::connecting) {
+        cmds_.emplace_back(cmd::close_stream{});
+        stream_ = stream_state::none;
+    }
+    phase_ = session_phase::stopped;
+    not_ready_ = "stopped";
+    cmds_.emplace_back(cmd::stop{exit_, exit_reason_});
+}
+
+// Stops with a non-zero code: nothing more is produced or confirmed past
+// what is acked now; acks of records after the failure are not waited for.
+void relay_session::fail(exit_code code, std::string reason, event_time now) {
+    if (phase_ == session_phase::stopping || phase_ == session_phase::stopped) return;
+    exit_ = code;
+    exit_reason_ = std::move(reason);
+    note(cmd::note::level::error, "event=fatal exit_code=" + std::to_string(to_int(code)) + " (" +
+                                      std::string(exit_code_name(code)) + ") reason=" + quoted(exit_reason_));
+    // Reading stops at once; the final status confirms only what is acked.
+    if (stream_ == stream_state::live) {
+        phase_ = session_phase::draining;
+        apply_reading();
+    }
+    finish(now);
+}
+
+void relay_session::note(cmd::note::level lvl, std::string text) {
+    cmds_.emplace_back(cmd::note{lvl, std::move(text)});
+}
+
+milliseconds relay_session::next_backoff(milliseconds floor) noexcept {
+    backoff_ = doubled(backoff_, floor, cfg_.reconnect_backoff_max);
+    return backoff_;
+}
+
+// ---------------------------------------------------------------- ticks
+
+void relay_session::on_tick(event_time now) {
+    now_ = now;
+    released_.clear();
+    switch (phase_) {
+        case session_phase::streaming:
+        case session_phase::finishing_txn:
+        case session_phase::draining: {
+            // A dead path is noticed here: nothing heard for the silence
+            // timeout. While reading is paused nothing can be heard (the
+            // socket is not read); the kernel's tcp_user_timeout covers that.
+            if (!paused_) {
+                const auto silent = now.mono - last_heard_;
+                if (silent >= cfg_.pg_silence_timeout) {
+                    metrics_.pg_reconnects.inc();
+                    metrics_.pg_silence_timeouts.inc();
+                    note(cmd::note::level::warn,
+                         "event=connection_silent after_ms=" +
+                             std::to_string(std::chrono::duration_cast<milliseconds>(silent).count()) +
+                             " action=reconnect confirmed=" + lsn_text(tracker_.confirmed()));
+                    cmds_.emplace_back(cmd::close_stream{});
+                    stream_ = stream_state::none;
+                    not_ready_ = "nothing heard from Postgres for " +
+                                 std::to_string(cfg_.pg_silence_timeout.count()) + " ms: reconnecting";
+                    lose_stream(now, next_backoff(reconnect_floor));
+                    return;
+                }
+                // Ask the server to answer, so that a silent but healthy
+                // server (idle WAL) proves it is alive.
+                if (!probe_sent_ && silent >= cfg_.pg_silence_timeout / 3) {
+                    send_status(now, true);
+                    probe_sent_ = true;
+                }
+            }
+            if (now.mono >= last_status_ + cfg_.status_interval) send_status(now, false);
+            maybe_send_status(now);
+            if (phase_ == session_phase::finishing_txn && now.mono >= phase_deadline_) {
+                note(cmd::note::level::warn, "event=open_txn_not_finished action=stop_reading confirmed=" +
+                                                 lsn_text(tracker_.confirmed()));
+                begin_drain(now);
+                return;
+            }
+            if (phase_ == session_phase::draining && now.mono >= phase_deadline_) {
+                note(cmd::note::level::warn, "event=drain_timeout in_flight=" + std::to_string(in_flight_records_) +
+                                                 " confirmed=" + lsn_text(tracker_.confirmed()));
+                finish(now);
+                return;
+            }
+            if (now.mono >= scan_retry_at_) {
+                scan_retry_at_ = steady_time::max();
+                for (auto& [name, t] : topics_) {
+                    if (t.state != topic_state::st::retry_wait) continue;
+                    if (now.mono >= t.retry_at)
+                        request_scan(name, t);
+                    else
+                        scan_retry_at_ = std::min(scan_retry_at_, t.retry_at);
+                }
+            }
+            return;
+        }
+        case session_phase::reconnect_wait:
+            maybe_reconnect(now);
+            return;
+        case session_phase::producer_restart:
+            if (now.mono < phase_deadline_) return;
+            // The old producer goes with everything it still holds (purged:
+            // never confirmed); the stream restarts from what acks confirmed.
+            cmds_.emplace_back(cmd::recreate_producer{});
+            metrics_.producer_recreated.inc();
+            ++producer_epoch_;
+            tracker_ = checkpoint_tracker(tracker_.confirmed());
+            in_flight_records_ = 0;
+            in_flight_bytes_ = 0;
+            connect(now);
+            return;
+        default:
+            return;
+    }
+}
+
+steady_time relay_session::next_deadline() const noexcept {
+    switch (phase_) {
+        case session_phase::streaming:
+        case session_phase::finishing_txn:
+        case session_phase::draining: {
+            steady_time d = last_status_ + cfg_.status_interval;
+            if (status_dirty_) d = std::min(d, last_status_ + confirm_gap);
+            if (!paused_) {
+                d = std::min(d, last_heard_ + cfg_.pg_silence_timeout);
+                if (!probe_sent_) d = std::min(d, last_heard_ + cfg_.pg_silence_timeout / 3);
+            }
+            if (phase_ != session_phase::streaming) d = std::min(d, phase_deadline_);
+            return std::min(d, scan_retry_at_);
+        }
+        case session_phase::reconnect_wait:
+        case session_phase::producer_restart:
+            return phase_deadline_;
+        default:
+            return steady_time::max();
+    }
+}
+
+std::pair<bool, std::string_view> relay_session::readiness() const noexcept {
+    if (phase_ == session_phase::streaming || phase_ == session_phase::finishing_txn) return {true, "streaming"};
+    if (!not_ready_.empty()) return {false, not_ready_};
+    return {false, phase_name(phase_)};
+}
+
+// ---------------------------------------------------------------- frames
+
+void relay_session::on_copy_data(std::string_view frame, event_time now) {
+    now_ = now;
+    released_.clear();
+    if (stream_ != stream_state::live) return;
+    last_heard_ = now.mono;
+    probe_sent_ = false;
+    auto msg = walsender::parse_copy_data(frame);
+    if (!msg) {
+        fail(exit_code::protocol, "malformed CopyData frame: " + msg.error().describe(), now);
+        return;
+    }
+    if (const auto* x = std::get_if<walsender::xlog_data>(&*msg)) {
+        // A frame read before the drain paused the stream: the server resends it.
+        if (phase_ == session_phase::draining) return;
+        handle(*x, now);
+    } else {
+        handle(std::get<walsender::keepalive>(*msg), now);
+    }
+}
+
+void relay_session::handle(const walsender::keepalive& k, event_time now) {
+    received_ = std::max(received_, k.wal_end);
+    metrics_.received_lsn.set(static_cast<double>(received_.value()));
+    if (tracker_.on_keepalive(k.wal_end)) confirmed_moved(now);
+    if (k.reply_requested) send_status(now, false);
+}
+
+void relay_session::handle(const walsender::xlog_data& x, event_time now) {
+    (void)now;
+    received_ = std::max(received_, x.wal_end);
+    auto msg = decoder_.decode(x.payload);
+    if (!msg) {
+        fail(exit_code::protocol,
+             "undecodable pgoutput message at lsn=" + lsn_text(x.data_start) + ": " + msg.error().describe(), now_);
+        return;
+    }
+    std::visit([&](const auto& m) { on_message(m, x); }, *msg);
+}
+
+void relay_session::on_message(const pgoutput::begin& b, const walsender::xlog_data& x) {
+    if (in_txn_) {
+        fail(exit_code::protocol, "Begin while a transaction is open at lsn=" + lsn_text(x.data_start), now_);
+        return;
+    }
+    tracker_.begin_txn(b.final_lsn, b.commit_ts);
+    in_txn_ = true;
+    txn_final_lsn_ = b.final_lsn;
+    seq_ = 0;
+}
+
+void relay_session::on_message(const pgoutput::commit& c, const walsender::xlog_data&) {
+    if (!in_txn_) {
+        fail(exit_code::protocol, "Commit without Begin at lsn=" + lsn_text(c.commit_lsn), now_);
+        return;
+    }
+    in_txn_ = false;
+    metrics_.transactions.inc();
+    if (tracker_.commit_txn(c.end_lsn)) confirmed_moved(now_);
+    if (phase_ == session_phase::finishing_txn) begin_drain(now_);
+}
+
+void relay_session::on_message(const pgoutput::relation& r, const walsender::xlog_data& x) {
+    const cached_relation& rel = relations_.apply(r);
+    if (!mapper_.is_outbox(rel)) return;
+    if (auto ok = mapper_.check_relation(rel); !ok)
+        fail(exit_code::outbox_schema, "outbox relation " + rel.nspname + "." + rel.relname +
+                                           " lacks mapped column \"" + ok.error().field +
+                                           "\" at lsn=" + lsn_text(x.data_start),
+             now_);
+}
+
+void relay_session::on_message(const pgoutput::insert& ins, const walsender::xlog_data& x) {
+    auto rel = relations_.check(ins.relid, ins.new_tuple);
+    if (!rel) {
+        fail(exit_code::protocol, "Insert for relid " + std::to_string(ins.relid) +
+                                      " at lsn=" + lsn_text(x.data_start) + ": " + rel.error().describe(),
+             now_);
+        return;
+    }
+    if (!mapper_.is_outbox(**rel)) {
+        metrics_.ignored_other_table.inc();
+        return;
+    }
+    if (!in_txn_) {
+        fail(exit_code::protocol, "Insert outside a transaction at lsn=" + lsn_text(x.data_start), now_);
+        return;
+    }
+    auto rec = mapper_.map(**rel, ins.new_tuple, scratch_);
+    if (!rec) {
+        const error& e = rec.error();
+        // The id header is mapped first, so it is known for every failure
+        // after it (a NULL topic column, an invalid topic name).
+        std::string id = scratch_.headers.empty() ? std::string("?") : std::string(scratch_.headers.front().value);
+        if (e.code == errc::invalid_topic)
+            fail(exit_code::record_rejected, "outbox row at lsn=" + lsn_text(x.data_start) + " event_id=" + id +
+                                                 " routes to an invalid Kafka topic \"" + scratch_.topic +
+                                                 "\" (template " + e.field + "); nothing at or after it is confirmed",
+                 now_);
+        else
+            fail(exit_code::outbox_schema, "outbox row at lsn=" + lsn_text(x.data_start) + " column \"" + e.field +
+                                               "\": " + std::string(errc_message(e.code)),
+                 now_);
+        return;
+    }
+    route(*rec, record_position{txn_final_lsn_, seq_++});
+}
+
+void relay_session::on_message(const pgoutput::update&, const walsender::xlog_data&) { metrics_.ignored_update.inc(); }
+void relay_session::on_message(const pgoutput::delete_&, const walsender::xlog_data&) { metrics_.ignored_delete.inc(); }
+void relay_session::on_message(const pgoutput::truncate&, const walsender::xlog_data&) { metrics_.ignored_truncate.inc(); }
+void relay_session::on_message(const pgoutput::message&, const walsender::xlog_data&) { metrics_.ignored_message.inc(); }
+void relay_session::on_message(const pgoutput::origin&, const walsender::xlog_data&) {}
+void relay_session::on_message(const pgoutput::type&, const walsender::xlog_data&) {}
+
+// Streaming and two-phase messages: never requested (proto_version 1), so
+// receiving one means the server and we disagree about the protocol.
+template <class M>
+void relay_session::on_message(const M&, const walsender::xlog_data& x) {
+    fail(exit_code::protocol, "unexpected streaming/two-phase message at lsn=" + lsn_text(x.data_start), now_);
+}
+
+// ---------------------------------------------------------------- records
+
+void relay_session::route(const record& mapped, record_position pos) {
+    // The position headers, next to the mapped ones, in storage that lives
+    // until the next event (the produce command views it).
+    pos_text_ = position_text(pos);
+    scratch_.headers.push_back({header_commit_lsn, pos_text_.commit_lsn()});
+    scratch_.headers.push_back({header_seq, pos_text_.seq()});
+    record rec = mapped;
+    rec.headers = std::span<const header>(scratch_.headers.data(), scratch_.headers.size());
+    const std::size_t bytes = rec.bytes();
+
+    if (cfg_.delivery == delivery_mode::at_least_once) {
+        produce_now(rec, pos, tracker_.add_record(), bytes);
+        return;
+    }
+    topic_state* t = last_topic_;
+    if (t == nullptr || rec.topic != last_topic_name_) {
+        auto [it, fresh] = topics_.try_emplace(std::string(rec.topic));
+        t = &it->second;
+        last_topic_ = t;
+        last_topic_name_.assign(rec.topic);
+        // First record of this stream to the topic: what earlier sessions
+        // already delivered at or after S is read back before anything of
+        // this one goes there. Off the loop; the topic's records wait.
+        if (fresh) request_scan(it->first, *t);
+    }
+    if (t->state != topic_state::st::ready) {
+        park(*t, rec, pos, tracker_.add_record(), bytes);
+        return;
+    }
+    if (!t->present.empty()) {
+        // Positions only grow within a stream: past the newest present one
+        // nothing more can be a duplicate.
+        if (pos.commit_lsn > t->max_present) {
+            t->present.clear();
+        } else if (t->present.contains(pos)) {
+            metrics_.duplicates_skipped.inc();
+            return;
+        }
+    }
+    produce_now(rec, pos, tracker_.add_record(), bytes);
+}
+
+void relay_session::produce_now(const record& rec, record_position, checkpoint_tracker::txn_id txn,
+                                std::size_t bytes) {
+    ++in_flight_records_;
+    in_flight_bytes_ += bytes;
+    metrics_.records_produced.inc();
+    cmds_.emplace_back(cmd::produce{rec, (producer_epoch_ << tag_shift) | (txn & tag_txn_mask)});
+    update_backpressure();
+}
+
+void relay_session::park(topic_state& t, const record& rec, record_position pos, checkpoint_tracker::txn_id txn,
+                         std::size_t bytes) {
+    t.parked.push_back(parked_record{owned_record(rec), pos, txn, bytes});
+    ++parked_records_;
+    parked_bytes_ += bytes;
+    update_backpressure();
+}
+
+void relay_session::request_scan(const std::string& topic, topic_state& t) {
+    t.state = topic_state::st::scanning;
+    t.scan_id = ++next_scan_;
+    cmds_.emplace_back(cmd::scan_topic{t.scan_id, topic, scan_from_});
+}
+
+void relay_session::on_scan_done(std::uint64_t scan_id, scan_outcome outcome, event_time now) {
+    now_ = now;
+    released_.clear();
+    if (stream_ != stream_state::live) return;
+    auto it = std::find_if(topics_.begin(), topics_.end(), [&](const auto& kv) {
+        return kv.second.state == topic_state::st::scanning && kv.second.scan_id == scan_id;
+    });
+    if (it == topics_.end()) return;  // a scan of a stream that is gone
+    topic_state& t = it->second;
+    switch (outcome.status) {
+        case scan_outcome::kind::ok:
+            t.present = std::move(outcome.present);
+            t.max_present = t.present.max_commit_lsn();
+            t.state = topic_state::st::ready;
+            t.failures = 0;
+            release_parked(t);
+            return;
+        case scan_outcome::kind::transient: {
+            ++t.failures;
+            milliseconds delay = scan_retry_floor;
+            for (unsigned i = 1; i < t.failures && delay < cfg_.reconnect_backoff_max; ++i) delay *= 2;
+            delay = std::min(delay, std::max(scan_retry_floor, cfg_.reconnect_backoff_max));
+            t.state = topic_state::st::retry_wait;
+            t.retry_at = now.mono + delay;
+            scan_retry_at_ = std::min(scan_retry_at_, t.retry_at);
+            metrics_.scan_failures.inc();
+            note(cmd::note::level::warn, "event=replay_scan_failed topic=" + it->first + " reason=" +
+                                             quoted(outcome.message) + " attempt=" + std::to_string(t.failures) +
+                                             " retry_after_ms=" + std::to_string(delay.count()) +
+                                             " parked=" + std::to_string(t.parked.size()));
+            return;
+        }
+        case scan_outcome::kind::permanent: {
+            metrics_.scan_failures.inc();
+            std::string id = "?";
+            if (!t.parked.empty())
+                for (const header& h : t.parked.front().rec.get().headers)
+                    if (h.name == header_id) id = std::string(h.value);
+            fail(exit_code::record_rejected, "topic " + it->first + " cannot be read for the exactly-once check (" +
+                                                 outcome.message + "); first waiting event_id=" + id +
+                                                 "; nothing at or after it is confirmed",
+                 now);
+            return;
+        }
+    }
+}
+
+// The topic's scan is in: its parked records go out in order, minus those
+// the scan found already delivered.
+void relay_session::release_parked(topic_state& t) {
+    std::deque<parked_record> batch = std::exchange(t.parked, {});
+    released_.reserve(released_.size() + batch.size());
+    bool moved = false;
+    for (parked_record& p : batch) {
+        --parked_records_;
+        parked_bytes_ -= p.bytes;
+        if (!t.present.empty() && p.pos.commit_lsn <= t.max_present && t.present.contains(p.pos)) {
+            metrics_.duplicates_skipped.inc();
+            moved = tracker_.ack(p.txn) || moved;
+            continue;
+        }
+        released_.push_back(std::move(p));
+        const parked_record& q = released_.back();
+        produce_now(q.rec.get(), q.pos, q.txn, q.bytes);
+    }
+    if (moved) confirmed_moved(now_);
+    update_backpressure();
+    maybe_finish_drain(now_);
+}
+
+void relay_session::on_delivery(record_tag tag, const delivery& d, event_time now) {
+    now_ = now;
+    released_.clear();
+    // A report of a producer that was replaced: its records were purged and
+    // are resent from the confirmed position.
+    if ((tag >> tag_shift) != producer_epoch_) return;
+    if (in_flight_records_ > 0) --in_flight_records_;
+    in_flight_bytes_ -= std::min(in_flight_bytes_, d.bytes);
+    const auto txn = static_cast<checkpoint_tracker::txn_id>(tag & tag_txn_mask);
+    switch (d.status) {
+        case delivery_status::ok:
+            metrics_.records_acked.inc();
+            fatal_in_a_row_ = 0;
+            producer_backoff_ = milliseconds{0};
+            if (tracker_.ack(txn)) confirmed_moved(now);
+            update_backpressure();
+            maybe_finish_drain(now);
+            maybe_reconnect(now);
+            return;
+        case delivery_status::permanent:
+            metrics_.records_failed.inc();
+            fail(exit_code::record_rejected,
+                 "Kafka rejected a record for good: " + std::string(d.error) + " topic=" + std::string(d.topic) +
+                     " event_id=" + (d.event_id.empty() ? std::string("?") : std::string(d.event_id)) +
+                     "; nothing at or after its transaction is confirmed",
+                 now);
+            return;
+        case delivery_status::transient:
+            metrics_.records_failed.inc();
+            // Despite message.timeout.ms=0 (a purge, a full queue): the
+            // record is resent from the confirmed position by a new producer.
+            restart_producer("delivery failed: " + std::string(d.error), now);
+            if (phase_ == session_phase::producer_restart || phase_ == session_phase::stopped ||
+                phase_ == session_phase::stopping)
+                maybe_finish_drain(now);
+            return;
+    }
+}
+
+// ---------------------------------------------------------------- flow control
+
+void relay_session::update_backpressure() {
+    const std::size_t records = in_flight_records_ + parked_records_;
+    const std::size_t bytes = in_flight_bytes_ + parked_bytes_;
+    const bool over = records >= cfg_.max_inflight_records || bytes >= cfg_.max_inflight_bytes;
+    // Resume only below 90% so that reading does not flap on every report.
+    const bool under = records <= cfg_.max_inflight_records / 10 * 9 && bytes <= cfg_.max_inflight_bytes / 10 * 9;
+    if (over && !backpressure_) {
+        backpressure_ = true;
+        apply_reading();
+    } else if (under && backpressure_) {
+        backpressure_ = false;
+        apply_reading();
+    }
+    metrics_.inflight_records.set(static_cast<double>(records));
+    metrics_.inflight_bytes.set(static_cast<double>(bytes));
+    metrics_.parked_records.set(static_cast<double>(parked_records_));
+    metrics_.pending_txns.set(static_cast<double>(tracker_.pending_txns()));
+}
+
+void relay_session::apply_reading() {
+    metrics_.backpressure_active.set(backpressure_ ? 1 : 0);
+    if (stream_ != stream_state::live) return;
+    const bool want_paused = backpressure_ || phase_ == session_phase::draining || phase_ == session_phase::stopping;
+    if (want_paused == paused_) return;
+    paused_ = want_paused;
+    if (paused_) {
+        cmds_.emplace_back(cmd::pause_reading{});
+    } else {
+        // Nothing could be heard while paused: the silence clock restarts.
+        last_heard_ = now_.mono;
+        probe_sent_ = false;
+        cmds_.emplace_back(cmd::resume_reading{});
+    }
+}
+
+void relay_session::confirmed_moved(event_time now) {
+    metrics_.confirmed_lsn.set(static_cast<double>(tracker_.confirmed().value()));
+    for (std::int64_t ts : tracker_.take_confirmed_commit_times())
+        metrics_.commit_to_ack.observe(seconds_since_pg_commit(ts, now.wall_us));
+    status_dirty_ = true;
+    maybe_send_status(now);
+}
+
+void relay_session::maybe_send_status(event_time now) {
+    if (status_dirty_ && now.mono >= last_status_ + confirm_gap) send_status(now, false);
+}
+
+void relay_session::send_status(event_time now, bool reply_requested) {
+    if (stream_ != stream_state::live) return;
+    const lsn flush = tracker_.confirmed();
+    cmds_.emplace_back(cmd::send_status{std::max(received_, flush), flush, reply_requested});
+    last_status_ = now.mono;
+    status_dirty_ = false;
+    last_sent_flush_ = flush;
+    metrics_.status_updates_sent.inc();
+    metrics_.received_lsn.set(static_cast<double>(received_.value()));
+}
+
+}  // namespace outbox
