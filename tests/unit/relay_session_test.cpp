@@ -1,0 +1,886 @@
+// relay_session driven entirely from byte vectors: CopyData frames built by
+// the test-side encoder, delivery outcomes, scan results and clock ticks in;
+// the commands it returns checked. One named case per rule.
+#include "outbox_relay/relay_session.hpp"
+
+#include "../support/pgoutput_encoder.hpp"
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+using namespace outbox;
+using namespace std::chrono_literals;
+using std::chrono::milliseconds;
+
+namespace {
+
+constexpr std::uint32_t relid = 16400;
+constexpr std::uint32_t other_relid = 16500;
+constexpr std::uint32_t oid_text = 25, oid_jsonb = 3802, oid_uuid = 2950;
+
+// What the session asked for, copied at once (produce commands only view
+// storage that lives until the next event).
+struct produced {
+    std::string topic, key, value;
+    std::map<std::string, std::string> headers;
+    record_tag tag;
+};
+
+struct driver {
+    relay_config cfg;
+    std::optional<relay_session> s;
+    steady_time t = steady_time{} + 1000h;
+    std::int64_t wall = 1'800'000'000'000'000;
+
+    std::vector<produced> out;
+    std::vector<cmd::send_status> statuses;
+    std::vector<lsn> starts;
+    std::vector<cmd::scan_topic> scans;
+    std::vector<std::string> kinds;  // every command in order, by name
+    std::vector<std::string> notes;
+    std::optional<cmd::stop> stopped;
+    int closes = 0, stop_streams = 0, pauses = 0, resumes = 0, recreates = 0;
+
+    explicit driver(delivery_mode mode = delivery_mode::at_least_once) {
+        cfg.postgres = "host=x";
+        cfg.brokers = "k:1";
+        cfg.delivery = mode;
+        cfg.status_interval = 10s;
+        cfg.pg_silence_timeout = 30s;
+        cfg.drain_timeout = 5s;
+        cfg.reconnect_backoff_max = 10s;
+    }
+
+    relay_session& session() {
+        if (!s) s.emplace(cfg);
+        return *s;
+    }
+    event_time now() const { return {t, wall}; }
+
+    void drain() {
+        for (auto& c : session().commands()) {
+            std::visit(
+                [&](auto& x) {
+                    using T = std::decay_t<decltype(x)>;
+                    if constexpr (std::is_same_v<T, cmd::produce>) {
+                        produced p{std::string(x.rec.topic), std::string(x.rec.key), std::string(x.rec.value), {}, x.tag};
+                        for (const header& h : x.rec.headers) p.headers[std::string(h.name)] = std::string(h.value);
+                        out.push_back(std::move(p));
+                        kinds.push_back("produce");
+                    } else if constexpr (std::is_same_v<T, cmd::send_status>) {
+                        statuses.push_back(x);
+                        kinds.push_back("status");
+                    } else if constexpr (std::is_same_v<T, cmd::start_stream>) {
+                        starts.push_back(x.from);
+                        kinds.push_back("start_stream");
+                    } else if constexpr (std::is_same_v<T, cmd::scan_topic>) {
+                        scans.push_back(x);
+                        kinds.push_back("scan");
+                    } else if constexpr (std::is_same_v<T, cmd::close_stream>) {
+                        ++closes;
+                        kinds.push_back("close_stream");
+                    } else if constexpr (std::is_same_v<T, cmd::stop_stream>) {
+                        ++stop_streams;
+                        kinds.push_back("stop_stream");
+                    } else if constexpr (std::is_same_v<T, cmd::pause_reading>) {
+                        ++pauses;
+                        kinds.push_back("pause");
+                    } else if constexpr (std::is_same_v<T, cmd::resume_reading>) {
+                        ++resumes;
+                        kinds.push_back("resume");
+                    } else if constexpr (std::is_same_v<T, cmd::recreate_producer>) {
+                        ++recreates;
+                        kinds.push_back("recreate_producer");
+                    } else if constexpr (std::is_same_v<T, cmd::note>) {
+                        notes.push_back(x.text);
+                    } else if constexpr (std::is_same_v<T, cmd::stop>) {
+                        stopped = x;
+                        kinds.push_back("stop");
+                    }
+                },
+                c);
+        }
+        session().commands().clear();
+    }
+
+    // ---- events
+    void start() { session().start(now()), drain(); }
+    void started(lsn slot_confirmed = lsn{0x100}) { session().on_stream_started(slot_confirmed, now()), drain(); }
+    void closed(stream_end k, std::string_view msg = "gone") { session().on_stream_closed(k, msg, now()), drain(); }
+    void stream_stopped() { session().on_stream_stopped(now()), drain(); }
+    void shutdown() { session().on_shutdown(now()), drain(); }
+    void fatal(producer_fault f, std::string_view why = "OUT_OF_ORDER_SEQUENCE_NUMBER") {
+        session().on_producer_fatal(f, why, now()), drain();
+    }
+    void advance(milliseconds d) {
+        t += d;
+        wall += std::chrono::duration_cast<std::chrono::microseconds>(d).count();
+        session().on_tick(now());
+        drain();
+    }
+    void frame(const std::string& f) { session().on_copy_data(f, now()), drain(); }
+    void xlog(std::uint64_t at, const std::string& payload) { frame(test::enc_xlog_data(at, at, 0, payload)); }
+    void keepalive(std::uint64_t end, bool reply = false) { frame(test::enc_keepalive(end, 0, reply)); }
+
+    void relation(std::uint32_t id = relid, bool with_type = true) {
+        std::vector<test::enc_rel_column> cols = {{1, "id", oid_uuid, -1},
+                                                  {0, "aggregatetype", oid_text, -1},
+                                                  {0, "aggregateid", oid_text, -1},
+                                                  {0, "payload", oid_jsonb, -1}};
+        if (with_type) cols.insert(cols.begin() + 3, {0, "type", oid_text, -1});
+        xlog(0, test::enc_relation(std::nullopt, id, "public", id == relid ? "outbox" : "other", 'd', cols));
+    }
+    void begin(std::uint64_t final_lsn, std::int64_t commit_ts = 0) {
+        xlog(final_lsn, test::enc_begin(final_lsn, commit_ts, 7));
+    }
+    void row(std::uint64_t at, std::string id, std::string type = "order", std::string key = "k1",
+             std::string payload = "{}") {
+        xlog(at, test::enc_insert(std::nullopt, relid, {{'t', id}, {'t', type}, {'t', key}, {'t', "Created"}, {'t', payload}}));
+    }
+    void commit(std::uint64_t final_lsn, std::uint64_t end_lsn) {
+        xlog(end_lsn, test::enc_commit(0, final_lsn, end_lsn, 0));
+    }
+    // Begin, `rows` rows to `type`, Commit at final_lsn .. final_lsn + 0x28.
+    void txn(std::uint64_t final_lsn, int rows, const std::string& type = "order") {
+        begin(final_lsn);
+        for (int i = 0; i < rows; ++i) row(final_lsn + 1 + i, "id-" + std::to_string(final_lsn) + "-" + std::to_string(i), type);
+        commit(final_lsn, final_lsn + 0x28);
+    }
+
+    void deliver(record_tag tag, delivery_status st = delivery_status::ok, std::string_view err = "",
+                 std::string_view event_id = "", std::size_t bytes = 0) {
+        delivery d;
+        d.status = st;
+        d.error = err;
+        d.event_id = event_id;
+        d.bytes = bytes;
+        session().on_delivery(tag, d, now());
+        drain();
+    }
+    void ack(std::size_t i) { deliver(out.at(i).tag); }
+    void ack_all() {
+        for (std::size_t i = acked_; i < out.size(); ++i) deliver(out[i].tag);
+        acked_ = out.size();
+    }
+    void scan_ok(const cmd::scan_topic& sc, std::vector<record_position> present = {}) {
+        scan_outcome o;
+        for (const auto& p : present) o.present.insert(p);
+        session().on_scan_done(sc.id, std::move(o), now());
+        drain();
+    }
+    void scan_failed(const cmd::scan_topic& sc, scan_outcome::kind k, std::string msg = "no answer") {
+        scan_outcome o;
+        o.status = k;
+        o.message = std::move(msg);
+        session().on_scan_done(sc.id, std::move(o), now());
+        drain();
+    }
+
+    // Streaming from the slot at 0x100 with the outbox relation announced.
+    void streaming(lsn slot = lsn{0x100}) {
+        start();
+        started(slot);
+        relation();
+    }
+
+    lsn last_flush() const { return statuses.empty() ? lsn{} : statuses.back().flush; }
+    std::size_t count(std::string_view kind) const {
+        return static_cast<std::size_t>(std::count(kinds.begin(), kinds.end(), kind));
+    }
+
+    std::size_t acked_ = 0;
+};
+
+}  // namespace
+
+TEST_SUITE("relay_session") {
+
+TEST_CASE("starts_from_the_slot_and_confirms_its_position") {
+    driver d;
+    d.start();
+    REQUIRE(d.starts.size() == 1);
+    CHECK(d.starts[0] == lsn{});  // 0/0: the server starts at the slot's confirmed_flush
+    CHECK(d.session().phase() == session_phase::connecting);
+    CHECK_FALSE(d.session().readiness().first);
+    d.started(lsn{0x500});
+    CHECK(d.session().phase() == session_phase::streaming);
+    CHECK(d.session().readiness().first);
+    REQUIRE(d.statuses.size() == 1);
+    CHECK(d.statuses[0].flush == lsn{0x500});
+}
+
+TEST_CASE("record_carries_mapped_and_position_headers") {
+    driver d;
+    d.streaming();
+    d.begin(0x1000);
+    d.row(0x1001, "e-1", "order", "agg-1", R"({"a":1})");
+    d.row(0x1002, "e-2", "order", "agg-1", R"({"a":2})");
+    d.commit(0x1000, 0x1028);
+    REQUIRE(d.out.size() == 2);
+    CHECK(d.out[0].topic == "outbox.event.order");
+    CHECK(d.out[0].key == "agg-1");
+    CHECK(d.out[0].value == R"({"a":1})");
+    CHECK(d.out[0].headers == std::map<std::string, std::string>{
+                                  {"id", "e-1"}, {"type", "Created"}, {"outbox-relay.commit-lsn", "0/1000"},
+                                  {"outbox-relay.seq", "0"}});
+    CHECK(d.out[1].headers.at("outbox-relay.seq") == "1");
+    CHECK(d.out[0].tag != d.out[1].tag + 1);  // same transaction, same checkpoint entry
+    CHECK(d.out[0].tag == d.out[1].tag);
+}
+
+TEST_CASE("ack_out_of_order_holds_watermark") {
+    driver d;
+    d.streaming();
+    d.txn(0x1000, 2);  // records 0, 1
+    d.txn(0x2000, 1);  // record 2
+    d.ack(2);
+    d.ack(1);
+    d.advance(100ms);
+    CHECK(d.last_flush() == lsn{0x100});
+    d.ack(0);  // the oldest transaction's last record releases both
+    d.advance(100ms);
+    CHECK(d.last_flush() == lsn{0x2028});
+}
+
+TEST_CASE("confirms_end_lsn_not_commit_lsn") {
+    driver d;
+    d.streaming();
+    d.txn(0x1000, 1);
+    d.ack(0);
+    d.advance(100ms);
+    CHECK(d.last_flush() == lsn{0x1028});
+    for (const auto& s : d.statuses) CHECK(s.flush != lsn{0x1000});
+}
+
+TEST_CASE("confirm_coalesces_status_updates_of_an_ack_burst") {
+    driver d;
+    d.streaming();
+    for (std::uint64_t i = 1; i <= 50; ++i) d.txn(0x1000 * i, 1);
+    const auto before = d.statuses.size();
+    d.ack_all();
+    // The first ack confirms at once; the burst after it waits for the gap.
+    CHECK(d.statuses.size() <= before + 1);
+    d.advance(60ms);
+    CHECK(d.last_flush() == lsn{0x1000 * 50 + 0x28});
+}
+
+TEST_CASE("keepalive_while_a_transaction_is_open_is_not_confirmed") {
+    driver d;
+    d.streaming();
+    d.begin(0x1000);
+    d.row(0x1001, "e-1");
+    d.keepalive(0x9000, true);  // the server asks for a reply mid-transaction
+    REQUIRE_FALSE(d.statuses.empty());
+    CHECK(d.statuses.back().flush == lsn{0x100});
+    CHECK(d.statuses.back().write == lsn{0x9000});
+    d.ack(0);  // acked, but its transaction is still open
+    d.keepalive(0x9100, true);
+    CHECK(d.statuses.back().flush == lsn{0x100});
+    d.commit(0x1000, 0x1028);
+    d.advance(100ms);
+    CHECK(d.last_flush() == lsn{0x1028});
+}
+
+TEST_CASE("idle_keepalive_is_confirmed") {
+    driver d;
+    d.streaming();
+    d.keepalive(0x7000);
+    d.advance(100ms);
+    CHECK(d.last_flush() == lsn{0x7000});
+}
+
+TEST_CASE("keepalive_reply_request_is_answered_at_once") {
+    driver d;
+    d.streaming();
+    const auto before = d.statuses.size();
+    d.keepalive(0x200, true);
+    CHECK(d.statuses.size() == before + 1);
+    d.keepalive(0x300, false);
+    CHECK(d.statuses.size() == before + 1);
+}
+
+TEST_CASE("status_update_every_interval_also_while_paused") {
+    driver d;
+    d.cfg.max_inflight_records = 2;
+    d.streaming();
+    d.txn(0x1000, 2);
+    REQUIRE(d.session().reading_paused());
+    for (int i = 0; i < 3; ++i) {
+        const auto before = d.statuses.size();
+        d.advance(10s);
+        CHECK(d.statuses.size() == before + 1);
+    }
+    // Nothing can be heard while paused: no silence timeout, however long.
+    CHECK(d.closes == 0);
+}
+
+TEST_CASE("silent_server_is_probed_then_given_up") {
+    driver d;
+    d.cfg.pg_silence_timeout = 3s;
+    d.cfg.status_interval = 10s;
+    d.streaming();
+    d.advance(1100ms);
+    REQUIRE_FALSE(d.statuses.empty());
+    CHECK(d.statuses.back().reply_requested);  // a third of the timeout: ask for a reply
+    d.advance(1000ms);
+    CHECK(d.closes == 0);
+    d.advance(1000ms);  // 3.1 s of silence
+    CHECK(d.closes == 1);
+    CHECK(d.session().phase() == session_phase::reconnect_wait);
+    CHECK(d.session().metrics().pg_silence_timeouts.value() == 1);
+    CHECK_FALSE(d.session().readiness().first);
+    d.advance(300ms);
+    CHECK(d.starts.size() == 2);
+}
+
+TEST_CASE("answer_to_a_probe_keeps_the_connection") {
+    driver d;
+    d.cfg.pg_silence_timeout = 3s;
+    d.streaming();
+    d.advance(1100ms);
+    CHECK(d.statuses.back().reply_requested);
+    d.keepalive(0x100);  // the server answered
+    d.advance(2500ms);
+    CHECK(d.closes == 0);
+}
+
+TEST_CASE("reconnect_abandons_the_open_transaction") {
+    driver d;
+    d.streaming();
+    d.begin(0x1000);
+    d.row(0x1001, "e-1");
+    d.closed(stream_end::connection_lost);
+    CHECK(d.session().phase() == session_phase::reconnect_wait);
+    d.advance(1s);
+    CHECK(d.starts.size() == 1);  // its record is still in flight: wait for it
+    d.ack(0);
+    d.advance(1ms);
+    REQUIRE(d.starts.size() == 2);
+    CHECK(d.starts[1] == lsn{0x100});  // the abandoned transaction was not confirmed
+    d.started(lsn{0x100});
+    d.relation();
+    d.txn(0x1000, 1);  // the server resends it whole: a new Begin is fine
+    REQUIRE(d.out.size() == 2);
+    d.ack(1);
+    d.advance(100ms);
+    CHECK(d.last_flush() == lsn{0x1028});
+}
+
+TEST_CASE("reconnect_backs_off_exponentially_to_the_cap") {
+    driver d;
+    d.cfg.reconnect_backoff_max = 1s;
+    d.start();
+    std::vector<milliseconds> waits;
+    for (int i = 0; i < 5; ++i) {
+        d.closed(stream_end::connection_lost);
+        const auto wait = std::chrono::duration_cast<milliseconds>(d.session().next_deadline() - d.t);
+        waits.push_back(wait);
+        d.advance(wait);
+    }
+    CHECK(waits == std::vector<milliseconds>{200ms, 400ms, 800ms, 1000ms, 1000ms});
+    CHECK(d.starts.size() == 6);
+    CHECK(d.session().metrics().pg_reconnects.value() == 5);
+}
+
+TEST_CASE("slot_busy_retries_every_second") {
+    driver d;
+    d.start();
+    for (int i = 0; i < 3; ++i) {
+        d.closed(stream_end::slot_busy, "replication slot is active for PID 42");
+        CHECK(std::string(d.session().readiness().second).find("held by another process") != std::string::npos);
+        d.advance(999ms);
+        CHECK(d.starts.size() == static_cast<std::size_t>(i + 1));
+        d.advance(1ms);
+        CHECK(d.starts.size() == static_cast<std::size_t>(i + 2));
+    }
+    // Logged once, not every second.
+    CHECK(std::count_if(d.notes.begin(), d.notes.end(), [](auto& n) { return n.find("slot_busy") != n.npos; }) == 1);
+}
+
+TEST_CASE("producer_restart_while_a_reconnect_is_pending") {
+    // Defect 1 of issue 8: a PG connection drop with records in flight, then a
+    // fatal producer error, used to leave the reconnect armed and connect a
+    // second stream over the new one.
+    driver d;
+    d.streaming();
+    d.begin(0x1000);
+    d.row(0x1001, "e-1");
+    d.closed(stream_end::connection_lost);
+    d.advance(500ms);  // reconnect due, but waiting for the record in flight
+    CHECK(d.starts.size() == 1);
+    d.fatal(producer_fault::healable);
+    CHECK(d.session().phase() == session_phase::producer_restart);
+    d.advance(200ms);
+    CHECK(d.recreates == 1);
+    CHECK(d.starts.size() == 2);
+    // The old producer's report arrives late: ignored, and no third stream.
+    d.deliver(d.out[0].tag);
+    d.advance(5s);
+    CHECK(d.starts.size() == 2);
+    d.started(lsn{0x100});
+    d.relation();
+    d.txn(0x1000, 1);  // no "Begin while open" abort: the old transaction is gone
+    CHECK(d.out.size() == 2);
+    CHECK_FALSE(d.stopped);
+}
+
+TEST_CASE("stale_reports_of_a_replaced_producer_are_ignored") {
+    driver d;
+    d.streaming();
+    d.txn(0x1000, 1);
+    const record_tag old = d.out[0].tag;
+    d.fatal(producer_fault::healable);
+    d.advance(200ms);
+    d.started(lsn{0x100});
+    d.relation();
+    d.txn(0x1000, 1);
+    REQUIRE(d.out.size() == 2);
+    CHECK(d.out[1].tag != old);
+    d.deliver(old);  // would confirm if it counted
+    d.advance(100ms);
+    CHECK(d.last_flush() == lsn{0x100});
+    CHECK(d.session().in_flight_records() == 1);
+    d.ack(1);
+    d.advance(100ms);
+    CHECK(d.last_flush() == lsn{0x1028});
+}
+
+TEST_CASE("recurring_fatal_error_backs_off_then_exits") {
+    driver d;
+    d.cfg.producer_restart_limit = 3;
+    d.start();
+    d.started();
+    std::vector<milliseconds> waits;
+    for (int i = 0; i < 3; ++i) {
+        d.fatal(producer_fault::healable, "UNKNOWN_PRODUCER_ID: again");
+        REQUIRE_FALSE(d.stopped);
+        const auto wait = std::chrono::duration_cast<milliseconds>(d.session().next_deadline() - d.t);
+        waits.push_back(wait);
+        d.advance(wait);
+        d.started();
+    }
+    CHECK(waits == std::vector<milliseconds>{200ms, 400ms, 800ms});
+    CHECK(d.recreates == 3);
+    d.fatal(producer_fault::healable, "UNKNOWN_PRODUCER_ID: again");
+    CHECK(d.stop_streams == 1);
+    d.stream_stopped();
+    REQUIRE(d.stopped);
+    CHECK(d.stopped->code == exit_code::producer_failed);
+    CHECK(d.stopped->reason.find("4 times in a row") != std::string::npos);
+}
+
+TEST_CASE("an_ack_resets_the_fatal_count") {
+    driver d;
+    d.cfg.producer_restart_limit = 1;
+    d.streaming();
+    d.fatal(producer_fault::healable);
+    d.advance(200ms);
+    d.started();
+    d.relation();
+    d.txn(0x1000, 1);
+    d.ack(0);
+    d.fatal(producer_fault::healable);  // the first in a row again
+    CHECK_FALSE(d.stopped);
+    CHECK(d.session().phase() == session_phase::producer_restart);
+}
+
+TEST_CASE("unhealable_fatal_error_exits_25") {
+    driver d;
+    d.streaming();
+    d.fatal(producer_fault::permanent, "CLUSTER_AUTHORIZATION_FAILED: denied");
+    REQUIRE(d.stop_streams == 1);
+    d.stream_stopped();
+    REQUIRE(d.stopped);
+    CHECK(d.stopped->code == exit_code::producer_failed);
+    CHECK(d.recreates == 0);
+}
+
+TEST_CASE("producer_that_cannot_be_created_exits_20") {
+    driver d;
+    d.streaming();
+    d.fatal(producer_fault::config, "bad property");
+    d.stream_stopped();
+    REQUIRE(d.stopped);
+    CHECK(d.stopped->code == exit_code::kafka_config);
+}
+
+TEST_CASE("permanent_delivery_failure_exits_21_without_confirming_it") {
+    driver d;
+    d.streaming();
+    d.txn(0x1000, 1);
+    d.txn(0x2000, 1);
+    d.ack(1);  // a later record succeeded
+    d.deliver(d.out[0].tag, delivery_status::permanent, "Broker: Message size too large", "e-0");
+    REQUIRE(d.stop_streams == 1);
+    CHECK(d.last_flush() == lsn{0x100});  // the final status confirms nothing past the failed record
+    d.stream_stopped();
+    REQUIRE(d.stopped);
+    CHECK(d.stopped->code == exit_code::record_rejected);
+    CHECK(d.stopped->reason.find("event_id=e-0") != std::string::npos);
+}
+
+TEST_CASE("transient_delivery_failure_restarts_the_producer_from_confirmed") {
+    driver d;
+    d.streaming();
+    d.txn(0x1000, 1);
+    d.txn(0x2000, 1);
+    d.ack(0);
+    d.advance(100ms);
+    d.deliver(d.out[1].tag, delivery_status::transient, "Local: Purged in flight");
+    CHECK(d.closes == 1);
+    d.advance(200ms);
+    CHECK(d.recreates == 1);
+    REQUIRE(d.starts.size() == 2);
+    CHECK(d.starts[1] == lsn{0x1028});
+}
+
+TEST_CASE("fatal_stream_error_exits_24") {
+    driver d;
+    d.streaming();
+    d.closed(stream_end::fatal, "replication slot \"s\" does not exist");
+    REQUIRE(d.stopped);
+    CHECK(d.stopped->code == exit_code::slot_lost);
+    CHECK(d.stop_streams == 0);  // the stream is already gone
+}
+
+TEST_CASE("undecodable_message_exits_22_naming_the_lsn") {
+    driver d;
+    d.streaming();
+    d.xlog(0x1234, std::string("I\0\0", 3));
+    d.stream_stopped();
+    REQUIRE(d.stopped);
+    CHECK(d.stopped->code == exit_code::protocol);
+    CHECK(d.stopped->reason.find("lsn=0/1234") != std::string::npos);
+    CHECK(d.stopped->reason.find("field relid") != std::string::npos);
+}
+
+TEST_CASE("outbox_losing_a_mapped_column_exits_23") {
+    driver d;
+    d.start();
+    d.started();
+    d.relation(relid, /*with_type=*/false);
+    d.stream_stopped();
+    REQUIRE(d.stopped);
+    CHECK(d.stopped->code == exit_code::outbox_schema);
+    CHECK(d.stopped->reason.find("\"type\"") != std::string::npos);
+}
+
+TEST_CASE("row_routed_to_an_invalid_topic_exits_21_naming_the_event") {
+    driver d;
+    d.streaming();
+    d.begin(0x1000);
+    d.row(0x1001, "e-bad", "bad topic/x");
+    d.stream_stopped();
+    REQUIRE(d.stopped);
+    CHECK(d.stopped->code == exit_code::record_rejected);
+    CHECK(d.stopped->reason.find("event_id=e-bad") != std::string::npos);
+    CHECK(d.out.empty());
+}
+
+TEST_CASE("rows_of_other_tables_and_updates_are_counted_not_sent") {
+    driver d;
+    d.streaming();
+    d.relation(other_relid);
+    d.begin(0x1000);
+    d.xlog(0x1001, test::enc_insert(std::nullopt, other_relid,
+                                    {{'t', "i"}, {'t', "a"}, {'t', "k"}, {'t', "t"}, {'t', "{}"}}));
+    d.xlog(0x1002, test::enc_update(std::nullopt, relid, 0, {},
+                                    {{'t', "i"}, {'t', "a"}, {'t', "k"}, {'t', "t"}, {'t', "{}"}}));
+    d.commit(0x1000, 0x1028);
+    CHECK(d.out.empty());
+    CHECK(d.session().metrics().ignored_other_table.value() == 1);
+    CHECK(d.session().metrics().ignored_update.value() == 1);
+    d.advance(100ms);
+    CHECK(d.last_flush() == lsn{0x1028});  // nothing to wait for
+}
+
+TEST_CASE("empty_transactions_fold_into_one_checkpoint_entry") {
+    driver d;
+    d.streaming();
+    d.txn(0x1000, 1);  // pending: the broker is down
+    for (std::uint64_t i = 0; i < 20'000; ++i) d.txn(0x10000 + i * 0x100, 0);
+    CHECK(d.session().pending_txns() == 1);
+    d.ack(0);
+    d.advance(100ms);
+    CHECK(d.last_flush() == lsn{0x10000 + 19'999 * 0x100 + 0x28});
+    CHECK(d.session().pending_txns() == 0);
+}
+
+TEST_CASE("backpressure_on_records") {
+    driver d;
+    d.cfg.max_inflight_records = 20;
+    d.streaming();
+    for (std::uint64_t i = 1; i <= 19; ++i) d.txn(0x1000 * i, 1);
+    CHECK(d.pauses == 0);
+    d.txn(0x1000 * 20, 1);
+    CHECK(d.pauses == 1);
+    CHECK(d.session().reading_paused());
+    d.ack(0);  // 19 left: not yet at 90 %
+    CHECK(d.resumes == 0);
+    CHECK(d.session().metrics().backpressure_active.value() == 1);
+    d.ack(1);  // 18 = 90 %: read again
+    CHECK(d.resumes == 1);
+    CHECK_FALSE(d.session().reading_paused());
+    CHECK(d.session().metrics().backpressure_active.value() == 0);
+}
+
+TEST_CASE("backpressure_on_bytes") {
+    driver d;
+    d.cfg.max_inflight_bytes = 1000;
+    d.streaming();
+    d.begin(0x1000);
+    d.row(0x1001, "e-1", "order", "k", std::string(600, 'x'));
+    CHECK(d.pauses == 0);
+    d.row(0x1002, "e-2", "order", "k", std::string(600, 'x'));
+    CHECK(d.pauses == 1);
+    CHECK(d.session().in_flight_bytes() > 1000);
+    d.deliver(d.out[0].tag, delivery_status::ok, "", "", d.session().in_flight_bytes() / 2 + 1);
+    CHECK(d.resumes == 1);
+}
+
+TEST_CASE("backpressure_bounds_pending_transactions_through_their_records") {
+    driver d;
+    d.cfg.max_inflight_records = 5;
+    d.streaming();
+    for (std::uint64_t i = 1; i <= 5; ++i) d.txn(0x1000 * i, 1);
+    CHECK(d.session().reading_paused());
+    CHECK(d.session().pending_txns() == 5);
+}
+
+TEST_CASE("backpressure_counts_parked_records") {
+    driver d(delivery_mode::exactly_once);
+    d.cfg.max_inflight_records = 3;
+    d.streaming();
+    d.txn(0x1000, 3);  // all parked: the topic's scan is not back yet
+    CHECK(d.out.empty());
+    CHECK(d.session().parked_records() == 3);
+    CHECK(d.session().reading_paused());
+}
+
+TEST_CASE("shutdown_drains_then_sends_the_final_status") {
+    driver d;
+    d.streaming();
+    d.txn(0x1000, 2);
+    d.shutdown();
+    CHECK(d.session().reading_paused());
+    CHECK(d.stop_streams == 0);
+    d.ack(0);
+    CHECK(d.stop_streams == 0);
+    d.ack(1);
+    REQUIRE(d.stop_streams == 1);
+    // The final status goes out before CopyDone, with everything acked.
+    const auto stop_at = std::find(d.kinds.begin(), d.kinds.end(), "stop_stream");
+    REQUIRE(stop_at != d.kinds.begin());
+    CHECK(*(stop_at - 1) == "status");
+    CHECK(d.last_flush() == lsn{0x1028});
+    CHECK_FALSE(d.stopped);
+    d.stream_stopped();
+    REQUIRE(d.stopped);
+    CHECK(d.stopped->code == exit_code::ok);
+}
+
+TEST_CASE("shutdown_mid_transaction_reads_on_to_its_commit") {
+    driver d;
+    d.streaming();
+    d.begin(0x1000);
+    d.row(0x1001, "e-1");
+    d.shutdown();
+    CHECK(d.session().phase() == session_phase::finishing_txn);
+    CHECK_FALSE(d.session().reading_paused());
+    d.row(0x1002, "e-2");
+    d.commit(0x1000, 0x1028);
+    CHECK(d.session().phase() == session_phase::draining);
+    d.ack_all();
+    REQUIRE(d.stop_streams == 1);
+    CHECK(d.last_flush() == lsn{0x1028});
+}
+
+TEST_CASE("shutdown_mid_transaction_is_bounded_by_the_drain_timeout") {
+    driver d;
+    d.cfg.drain_timeout = 2s;
+    d.streaming();
+    d.begin(0x1000);
+    d.row(0x1001, "e-1");
+    d.ack(0);
+    d.shutdown();
+    d.advance(2s);  // the Commit never came: stop reading
+    CHECK(d.session().phase() != session_phase::finishing_txn);
+    REQUIRE(d.stop_streams == 1);
+    CHECK(d.last_flush() == lsn{0x100});  // the open transaction is never confirmed
+}
+
+TEST_CASE("drain_timeout_stops_without_the_missing_acks") {
+    driver d;
+    d.cfg.drain_timeout = 1s;
+    d.streaming();
+    d.txn(0x1000, 1);
+    d.shutdown();
+    d.advance(999ms);
+    CHECK(d.stop_streams == 0);
+    d.advance(1ms);
+    REQUIRE(d.stop_streams == 1);
+    CHECK(d.last_flush() == lsn{0x100});
+}
+
+TEST_CASE("shutdown_without_a_stream_stops_at_once") {
+    driver d;
+    d.start();
+    d.closed(stream_end::connection_lost);
+    d.shutdown();
+    REQUIRE(d.stopped);
+    CHECK(d.stopped->code == exit_code::ok);
+    CHECK(d.stop_streams == 0);
+}
+
+TEST_CASE("exactly_once_scans_a_topic_before_its_first_record") {
+    driver d(delivery_mode::exactly_once);
+    d.streaming(lsn{0x800});
+    d.begin(0x1000);
+    d.row(0x1001, "e-0");
+    REQUIRE(d.scans.size() == 1);
+    CHECK(d.scans[0].topic == "outbox.event.order");
+    CHECK(d.scans[0].from == lsn{0x800});
+    CHECK(d.out.empty());
+    d.row(0x1002, "e-1");
+    CHECK(d.scans.size() == 1);  // one scan per topic
+    d.scan_ok(d.scans[0]);
+    REQUIRE(d.out.size() == 2);
+    CHECK(d.out[0].headers.at("id") == "e-0");
+    CHECK(d.out[1].headers.at("id") == "e-1");
+    d.row(0x1003, "e-2");  // the topic is known now: straight out
+    CHECK(d.out.size() == 3);
+}
+
+TEST_CASE("scan_skips_what_the_topic_already_has") {
+    driver d(delivery_mode::exactly_once);
+    d.streaming();
+    d.txn(0x1000, 3);
+    REQUIRE(d.scans.size() == 1);
+    d.scan_ok(d.scans[0], {{lsn{0x1000}, 0}, {lsn{0x1000}, 2}});
+    REQUIRE(d.out.size() == 1);  // the refilled gap only
+    CHECK(d.out[0].headers.at("outbox-relay.seq") == "1");
+    CHECK(d.session().metrics().duplicates_skipped.value() == 2);
+    d.ack(0);
+    d.advance(100ms);
+    CHECK(d.last_flush() == lsn{0x1028});  // skipped records count as delivered
+    d.txn(0x2000, 1);  // past everything present: produced
+    CHECK(d.out.size() == 2);
+}
+
+TEST_CASE("parked_records_keep_order_and_other_topics_flow") {
+    driver d(delivery_mode::exactly_once);
+    d.streaming();
+    d.begin(0x1000);
+    d.row(0x1001, "b-0", "billing");
+    REQUIRE(d.scans.size() == 1);
+    d.scan_ok(d.scans[0]);  // billing is ready
+    d.row(0x1002, "o-0", "order");
+    d.row(0x1003, "b-1", "billing");  // not held up by the order scan
+    d.row(0x1004, "o-1", "order");
+    d.row(0x1005, "o-2", "order");
+    d.commit(0x1000, 0x1028);
+    REQUIRE(d.scans.size() == 2);
+    REQUIRE(d.out.size() == 2);
+    CHECK(d.out[1].headers.at("id") == "b-1");
+    d.scan_ok(d.scans[1]);
+    REQUIRE(d.out.size() == 5);
+    CHECK(d.out[2].headers.at("id") == "o-0");
+    CHECK(d.out[3].headers.at("id") == "o-1");
+    CHECK(d.out[4].headers.at("id") == "o-2");
+    CHECK(d.out[4].headers.at("outbox-relay.seq") == "4");
+    d.ack_all();
+    d.advance(100ms);
+    CHECK(d.last_flush() == lsn{0x1028});
+}
+
+TEST_CASE("scan_result_after_a_reconnect_is_ignored") {
+    driver d(delivery_mode::exactly_once);
+    d.streaming();
+    d.txn(0x1000, 1);
+    REQUIRE(d.scans.size() == 1);
+    const auto stale = d.scans[0];
+    d.closed(stream_end::connection_lost);
+    d.advance(200ms);
+    REQUIRE(d.starts.size() == 2);
+    d.started();
+    d.relation();
+    d.scan_ok(stale);  // the scan of the lost stream: nothing happens
+    CHECK(d.out.empty());
+    d.txn(0x1000, 1);
+    REQUIRE(d.scans.size() == 2);
+    d.scan_ok(d.scans[1]);
+    CHECK(d.out.size() == 1);
+}
+
+TEST_CASE("parked_records_of_a_lost_stream_are_never_confirmed") {
+    driver d(delivery_mode::exactly_once);
+    d.streaming();
+    d.txn(0x1000, 1, "billing");
+    d.scan_ok(d.scans[0]);
+    d.txn(0x2000, 1, "order");  // parked behind its scan
+    d.txn(0x3000, 1, "billing");  // produced
+    REQUIRE(d.out.size() == 2);
+    d.closed(stream_end::connection_lost);
+    d.ack_all();
+    d.advance(200ms);
+    // Only the first transaction is confirmable: the parked one was never sent.
+    REQUIRE(d.starts.size() == 2);
+    CHECK(d.starts[1] == lsn{0x1028});
+    CHECK(d.session().parked_records() == 0);
+    CHECK(d.session().pending_txns() == 0);
+}
+
+TEST_CASE("transient_scan_failure_retries_with_backoff") {
+    driver d(delivery_mode::exactly_once);
+    d.streaming();
+    d.txn(0x1000, 1);
+    d.scan_failed(d.scans[0], scan_outcome::kind::transient, "brokers down");
+    CHECK(d.session().metrics().scan_failures.value() == 1);
+    CHECK(d.session().phase() == session_phase::streaming);  // the stream stays up
+    d.advance(499ms);
+    CHECK(d.scans.size() == 1);
+    d.advance(1ms);
+    REQUIRE(d.scans.size() == 2);
+    d.scan_failed(d.scans[1], scan_outcome::kind::transient);
+    d.advance(999ms);
+    CHECK(d.scans.size() == 2);
+    d.advance(1ms);
+    REQUIRE(d.scans.size() == 3);
+    d.scan_ok(d.scans[2]);
+    CHECK(d.out.size() == 1);
+}
+
+TEST_CASE("permanent_scan_failure_exits_21") {
+    driver d(delivery_mode::exactly_once);
+    d.streaming();
+    d.txn(0x1000, 1);
+    d.scan_failed(d.scans[0], scan_outcome::kind::permanent, "Broker: Topic authorization failed");
+    d.stream_stopped();
+    REQUIRE(d.stopped);
+    CHECK(d.stopped->code == exit_code::record_rejected);
+    CHECK(d.stopped->reason.find("event_id=id-4096-0") != std::string::npos);
+}
+
+TEST_CASE("at_least_once_never_scans") {
+    driver d(delivery_mode::at_least_once);
+    d.streaming();
+    d.txn(0x1000, 2);
+    CHECK(d.scans.empty());
+    CHECK(d.out.size() == 2);
+}
+
+TEST_CASE("next_deadline_is_the_status_interval_when_idle") {
+    driver d;
+    d.cfg.pg_silence_timeout = 60s;
+    d.streaming();
+    // A third of the silence timeout (the probe) or the status interval, whichever comes first.
+    CHECK(d.session().next_deadline() - d.t == std::chrono::steady_clock::duration(10s));
+    CHECK(driver().session().next_deadline() == steady_time::max());
+}
+
+}  // TEST_SUITE
