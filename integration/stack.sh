@@ -11,6 +11,8 @@
 #   stack.sh kafka-stop               SIGTERM the broker, wait until it is gone
 #   stack.sh kafka-kill               SIGKILL the broker, wait until it is gone
 #   stack.sh kafka-start              start the broker on the same data dir, wait until ready
+#   stack.sh kafka-pause              SIGSTOP the broker (it keeps its sockets but answers nothing)
+#   stack.sh kafka-resume             SIGCONT it
 #   stack.sh pg-stop [fast|immediate] stop Postgres (default fast)
 #   stack.sh pg-start                 start Postgres
 #   stack.sh pg-restart [fast|immediate]
@@ -414,6 +416,15 @@ cmd_env() {
     printf 'export OUTBOX_STACK_SH=%q\n' "$SCRIPT_PATH"
 }
 
+# A paused broker is the hard case for clients: connections stay open and
+# accept requests, and nothing is answered (a GC stall, a frozen VM).
+kafka_signal() {
+    local sig="$1" pid
+    pid="$(kafka_pid)" || die "kafka: not running"
+    kill -s "$sig" "$pid"
+    log "kafka: signal=$sig pid=$pid"
+}
+
 main() {
     local verb="${1:-}"
     [[ $# -gt 0 ]] && shift
@@ -424,6 +435,8 @@ main() {
         status) cmd_status ;;
         kafka-stop) take_lock; load_ports; kafka_stop TERM ;;
         kafka-kill) take_lock; load_ports; kafka_stop KILL ;;
+        kafka-pause) load_ports; kafka_signal STOP ;;
+        kafka-resume) load_ports; kafka_signal CONT ;;
         kafka-start) take_lock; load_ports; [[ -d "$KAFKA_DIR/data" ]] || die "no broker data dir; run up first"; kafka_start ;;
         pg-stop) take_lock; load_ports; pg_stop "${1:-fast}" ;;
         pg-start) take_lock; load_ports; [[ -f "$PG_DATA/PG_VERSION" ]] || die "no Postgres data dir; run up first"; pg_start ;;
