@@ -159,13 +159,5 @@ int main(int argc, char** argv) {
     // One catch at the root: an exception escaping a handler (descriptors
     // exhausted, memory) ends the process with the documented code 1 and a
     // line saying why, never with std::terminate.
-    try {
-        return run(flags, config_path);
-    } catch (const std::exception& e) {
-        outbox::io::log::error("main", "event=fatal exit_code=1 reason={}", outbox::io::log::quote(e.what()));
-        return to_int(exit_code::runtime);
-    } catch (...) {
-        outbox::io::log::error("main", "event=fatal exit_code=1 reason=unknown_exception");
-        return to_int(exit_code::runtime);
-    }
+    return outbox::io::run_guarded([&] { return run(flags, config_path); });
 }

@@ -5,6 +5,11 @@
 
 #include <doctest/doctest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <random>
@@ -68,4 +73,30 @@ TEST_CASE("01_round_trip") {
     auto st = relay.wait_exit(clock::now() + 40s);
     REQUIRE(st.has_value());
     CHECK(st->exited_ok());
+}
+
+// A metrics port already in use is its own exit code (26), named in one log
+// line, not the Kafka-configuration code it used to share (issue 8, defect 6).
+TEST_CASE("01_metrics_listen_in_use_exits_26") {
+    scenario sc("01_metrics_port_busy");
+    // Hold a loopback port.
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::listen(fd, 1) == 0);
+    socklen_t len = sizeof a;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    const std::string listen = "127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+
+    auto& relay = sc.start_relay("busy-port", {"--metrics-listen", listen});
+    auto st = relay.wait_exit(clock::now() + 60s);
+    ::close(fd);
+    REQUIRE(st.has_value());
+    INFO("relay log:\n" << relay.log_text(3000));
+    CHECK(st->code == std::optional<int>(26));
+    CHECK(relay.log_text().find("event=start_failed exit_code=26") != std::string::npos);
+    CHECK(relay.log_text().find(listen) != std::string::npos);
 }

@@ -329,6 +329,17 @@ struct relay::impl {
     int exit_code_ = 0;
 };
 
+int run_guarded(const std::function<int()>& body) noexcept {
+    try {
+        return body();
+    } catch (const std::exception& e) {
+        log::error("main", "event=fatal exit_code=1 reason={}", log::quote(e.what()));
+    } catch (...) {
+        log::error("main", "event=fatal exit_code=1 reason=unknown_exception");
+    }
+    return to_int(exit_code::runtime);
+}
+
 relay::relay(boost::asio::io_context& ioc, relay_config cfg) : impl_(std::make_unique<impl>(ioc, std::move(cfg))) {}
 relay::~relay() = default;
 void relay::start() { impl_->start(); }

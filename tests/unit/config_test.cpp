@@ -411,3 +411,63 @@ TEST_CASE("redact_malformed_hides_the_rest") {
     CHECK(r.find("s3cret") == std::string::npos);
     CHECK(r.starts_with("host=db"));
 }
+
+TEST_CASE("issue8_options_from_flags") {
+    auto c = ok("", {},
+                with_required({{"scan-timeout-ms", "15000"},
+                               {"pg-silence-timeout-ms", "5000"},
+                               {"producer-restart-limit", "3"}}));
+    CHECK(c.scan_timeout == std::chrono::milliseconds(15000));
+    CHECK(c.pg_silence_timeout == std::chrono::milliseconds(5000));
+    CHECK(c.producer_restart_limit == 3);
+    CHECK(bad_flag("pg-silence-timeout-ms", "999").key == "pg-silence-timeout-ms");
+    CHECK(bad_flag("producer-restart-limit", "0").key == "producer-restart-limit");
+    CHECK(bad_flag("scan-timeout-ms", "10").key == "scan-timeout-ms");
+}
+
+TEST_CASE("inflight_limits_stay_within_what_librdkafka_can_queue") {
+    CHECK(ok("", {}, with_required({{"max-inflight-records", "5000000"}})).max_inflight_records == 5'000'000);
+    CHECK(bad_flag("max-inflight-records", "5000001").key == "max-inflight-records");
+    CHECK(bad_flag("max-inflight-bytes", "1073741825").key == "max-inflight-bytes");
+}
+
+TEST_CASE("kafka_queue_limits_are_the_relays") {
+    // The relay sizes librdkafka's queue above its own in-flight limits; a
+    // smaller one would make librdkafka refuse records before backpressure.
+    for (const char* p : {"queue.buffering.max.messages=10", "queue.buffering.max.kbytes=10", "transactional.id=x"}) {
+        CAPTURE(p);
+        auto e = bad_flag("X", p);
+        CHECK(e.key == "kafka");
+        CHECK(e.message.find("cannot be set") != std::string::npos);
+    }
+    CHECK(outbox::refused_kafka_property("linger.ms").empty());
+    CHECK_FALSE(outbox::refused_kafka_property("acks").empty());
+}
+
+TEST_CASE("option_table_defaults_read_back_as_the_defaults") {
+    // --help prints show(relay_config{}); every printed default must parse
+    // back to the same value, so the defaults live in one place only.
+    const relay_config d;
+    for (const auto& o : outbox::options()) {
+        CAPTURE(o.name);
+        CHECK_FALSE(o.help.empty());
+        if (o.required) continue;
+        relay_config c;
+        const std::string shown = o.show(d);
+        if (shown.empty()) continue;  // "off"
+        CHECK(o.apply(c, shown).empty());
+        CHECK(o.show(c) == shown);
+    }
+    CHECK(outbox::env_name_of("max-inflight-records") == "OUTBOX_RELAY_MAX_INFLIGHT_RECORDS");
+}
+
+TEST_CASE("every_option_is_reachable_from_env_and_file") {
+    for (const auto& o : outbox::options()) {
+        if (o.required) continue;
+        CAPTURE(o.name);
+        const std::string v = o.show(relay_config{});
+        if (v.empty()) continue;
+        ok("", {{outbox::env_name_of(o.name), v}}, required_flags);
+        ok("{\"" + std::string(o.name) + "\": \"" + v + "\"}", {}, required_flags);
+    }
+}

@@ -8,6 +8,7 @@
 
 #include <boost/asio/io_context.hpp>
 
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -21,6 +22,12 @@ struct start_error : std::runtime_error {
     start_error(exit_code c, const std::string& what) : std::runtime_error(what), code(c) {}
     exit_code code;
 };
+
+// Runs `body` (main's whole life: set-up and the loop) and returns its exit
+// code. An exception escaping it, e.g. from a loop handler (descriptors or
+// memory exhausted), is logged as one line and becomes exit_code::runtime
+// (1) instead of std::terminate.
+int run_guarded(const std::function<int()>& body) noexcept;
 
 class relay {
 public:
