@@ -94,6 +94,7 @@ int run(const std::vector<std::pair<std::string, std::string>>& flags, const std
 
     boost::asio::io_context ioc(1);
     outbox::io::relay relay(ioc, *cfg);
+    relay.set_slot_created(setup.slot_created);
     try {
         relay.start();
     } catch (const outbox::io::start_error& e) {

@@ -46,6 +46,7 @@ struct relay_config {
     std::string metrics_listen;               // "host:port", empty = off
     std::string log_level = "info";
     bool create_slot = true;                  // create publication + slot when missing
+    bool accept_slot_gap = false;             // carry on when a recreated slot may have left a gap
 };
 
 // One option of the table. `apply` parses a raw value into the config and

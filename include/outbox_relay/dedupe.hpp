@@ -17,6 +17,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 #include <unordered_set>
 
@@ -24,6 +25,30 @@ namespace outbox {
 
 inline constexpr std::string_view header_commit_lsn = "outbox-relay.commit-lsn";  // Begin.final_lsn, X/X
 inline constexpr std::string_view header_seq = "outbox-relay.seq";                 // index in txn, decimal
+inline constexpr std::string_view header_source = "outbox-relay.source";           // source_id::header_value()
+
+// Where a record comes from: the Postgres cluster (its system identifier,
+// shared by its physical standbys), the timeline, the slot and the database.
+// A position (commit LSN, seq) only names an event within one source: two
+// clusters, two databases or two slots have unrelated LSNs, and a new
+// timeline reuses LSNs past its fork point for other transactions.
+struct source_id {
+    std::string system_id;       // decimal digits (IDENTIFY_SYSTEM systemid)
+    std::uint32_t timeline = 0;
+    std::string slot;            // [a-z0-9_]
+    std::string database;        // any text, last so it may hold ':'
+
+    bool empty() const noexcept { return system_id.empty(); }
+    // "<system_id>:<timeline>:<slot>:<database>", e.g. "7301...:1:outbox_relay:app".
+    std::string header_value() const;
+    // Parses header_value()'s form; errc::bad_value for anything else.
+    static result<source_id> parse(std::string_view text);
+    // Same cluster, slot and database (any timeline): the same event stream.
+    bool same_origin(const source_id& o) const noexcept {
+        return system_id == o.system_id && slot == o.slot && database == o.database;
+    }
+    friend bool operator==(const source_id&, const source_id&) = default;
+};
 
 struct record_position {
     lsn commit_lsn;

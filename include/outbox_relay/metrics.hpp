@@ -139,6 +139,7 @@ struct relay_metrics {
     counter& pg_reconnects;        // outbox_relay_pg_reconnects_total
     counter& pg_silence_timeouts;  // outbox_relay_pg_silence_timeouts_total
     counter& scan_failures;        // outbox_relay_scan_failures_total
+    counter& slot_gaps;            // outbox_relay_slot_gaps_total
     counter& producer_recreated;   // outbox_relay_producer_recreated_total
     counter& status_updates_sent;  // outbox_relay_status_updates_sent_total
     histogram& commit_to_ack;      // outbox_relay_commit_to_ack_seconds

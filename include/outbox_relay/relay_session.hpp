@@ -12,7 +12,7 @@
 //
 //   events in                                   commands out
 //   start()                                     start_stream(from)
-//   on_stream_started(slot_confirmed)           close_stream / stop_stream
+//   on_stream_started(slot_confirmed, source)   close_stream / stop_stream
 //   on_copy_data(frame)                         send_status(write, flush, reply)
 //   on_stream_closed(kind, message)             pause_reading / resume_reading
 //   on_stream_stopped()                         produce(record, tag)
@@ -91,7 +91,9 @@ enum class stream_end {
 
 struct scan_outcome {
     enum class kind { ok, transient, permanent } status = kind::ok;
-    position_set present;        // ok: positions >= from found in the topic
+    position_set present;        // ok: positions >= from of this source and timeline found in the topic
+    bool own_records_seen = false;  // ok: the topic holds records of this origin (any timeline)
+    lsn newest_own;              // ok: the highest commit LSN among them
     std::string message;         // failures: why
 };
 
@@ -116,7 +118,7 @@ struct send_status { lsn write; lsn flush; bool reply_requested = false; };
 struct pause_reading {};
 struct resume_reading {};
 struct produce { record rec; record_tag tag; };
-struct scan_topic { std::uint64_t id; std::string topic; lsn from; };
+struct scan_topic { std::uint64_t id; std::string topic; lsn from; source_id source; };
 struct recreate_producer {};              // destroy the producer (purging what it holds) and make a new one
 struct note { enum class level { info, warn, error } lvl; std::string text; };  // key=value text for the log
 struct stop { exit_code code; std::string reason; };
@@ -136,7 +138,14 @@ public:
 
     // ---- events
     void start(event_time now);
-    void on_stream_started(lsn slot_confirmed, event_time now);
+    // `source` names this cluster, timeline and database (IDENTIFY_SYSTEM)
+    // and the slot; it goes into every record's source header.
+    void on_stream_started(lsn slot_confirmed, const source_id& source, event_time now);
+
+    // Set before start(): pg_setup created the slot at this start (first
+    // start, or the slot had vanished). Records of this origin already in
+    // Kafka then mean a gap may lie between them and the slot's start.
+    void set_slot_created(bool created) noexcept { slot_created_ = created; }
     void on_copy_data(std::string_view frame, event_time now);
     void on_stream_closed(stream_end kind, std::string_view message, event_time now);
     void on_stream_stopped(event_time now);
@@ -256,6 +265,10 @@ private:
     bool backpressure_ = false;
     bool shutdown_requested_ = false;
     bool slot_busy_noted_ = false;
+    bool slot_created_ = false;
+    bool slot_gap_checked_ = false;
+    source_id source_;
+    std::string source_text_;
     steady_time last_heard_{};
     bool probe_sent_ = false;         // a reply was asked for since last_heard_
     steady_time last_status_{};

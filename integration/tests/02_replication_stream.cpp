@@ -169,6 +169,7 @@ struct outbox_fixture {
 struct recorder {
     bool started = false;
     lsn slot_confirmed;
+    outbox::io::stream_info info;
     std::optional<stream_error> closed;
     int xlog = 0;
     int inserts = 0;      // pgoutput 'I'
@@ -178,9 +179,10 @@ struct recorder {
 
     stream_handlers handlers() {
         stream_handlers h;
-        h.on_started = [this](lsn c) {
+        h.on_started = [this](const outbox::io::stream_info& i) {
             started = true;
-            slot_confirmed = c;
+            slot_confirmed = i.slot_confirmed;
+            info = i;
         };
         h.on_copy_data = [this](std::string_view frame) {
             auto m = outbox::walsender::parse_copy_data(frame);
@@ -332,6 +334,12 @@ TEST_CASE("stream_commit_then_confirm_end_lsn") {
     REQUIRE_MESSAGE(!rec.closed, rec.closed->message);
     CHECK(s->streaming());
     CHECK(rec.slot_confirmed == created_confirmed);
+    // IDENTIFY_SYSTEM: the cluster's identity, as the server itself reports it.
+    CHECK(std::optional<std::string>(rec.info.system_id) == f.sql.scalar("SELECT system_identifier::text FROM pg_control_system()"));
+    CHECK(std::optional<std::string>(std::to_string(rec.info.timeline)) ==
+          f.sql.scalar("SELECT timeline_id::text FROM pg_control_checkpoint()"));
+    CHECK(std::optional<std::string>(rec.info.database) == f.sql.scalar("SELECT current_database()"));
+    CHECK(rec.info.server_version >= 150000);
 
     f.insert_rows(3);  // one transaction
     REQUIRE(run_until(ioc, [&] { return rec.commits >= 1 || rec.closed; }, 15s));

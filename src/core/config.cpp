@@ -423,6 +423,15 @@ const option_spec option_table[] = {
          return {};
      },
      [](const relay_config& c) -> std::string { return c.create_slot ? "true" : "false"; }},
+    {"accept-slot-gap",
+     "start even though the slot was (re)created while Kafka holds events of this source: true | false", false,
+     false,
+     [](relay_config& c, const std::string& s) -> std::string {
+         if (s != "true" && s != "false") return "must be true or false, got \"" + s + "\"";
+         c.accept_slot_gap = s == "true";
+         return {};
+     },
+     [](const relay_config& c) -> std::string { return c.accept_slot_gap ? "true" : "false"; }},
 };
 
 }  // namespace

@@ -48,6 +48,36 @@ position_text::position_text(const record_position& p) noexcept {
     seq_len_ = static_cast<std::size_t>(end - seq_);
 }
 
+std::string source_id::header_value() const {
+    return system_id + ":" + std::to_string(timeline) + ":" + slot + ":" + database;
+}
+
+result<source_id> source_id::parse(std::string_view text) {
+    source_id s;
+    std::string_view rest = text;
+    auto field = [&rest](std::string_view& out) {
+        const auto colon = rest.find(':');
+        if (colon == std::string_view::npos) return false;
+        out = rest.substr(0, colon);
+        rest.remove_prefix(colon + 1);
+        return true;
+    };
+    std::string_view sys, tli, slot;
+    if (!field(sys) || !field(tli) || !field(slot)) return errc::bad_value;
+    auto digits = [](std::string_view v) {
+        return !v.empty() && std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; });
+    };
+    if (!digits(sys) || !digits(tli) || slot.empty()) return errc::bad_value;
+    std::uint32_t t = 0;
+    const auto [p, ec] = std::from_chars(tli.data(), tli.data() + tli.size(), t);
+    if (ec != std::errc{} || p != tli.data() + tli.size()) return errc::bad_value;
+    s.system_id = std::string(sys);
+    s.timeline = t;
+    s.slot = std::string(slot);
+    s.database = std::string(rest);
+    return s;
+}
+
 void position_set::merge(const position_set& other) {
     set_.reserve(set_.size() + other.set_.size());
     set_.insert(other.set_.begin(), other.set_.end());

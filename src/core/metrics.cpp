@@ -312,6 +312,9 @@ relay_metrics::relay_metrics()
           "Replication connections given up because nothing was heard for pg-silence-timeout-ms.")),
       scan_failures(registry.add_counter("outbox_relay_scan_failures_total",
                                          "Exactly-once tail scans that failed (retried after a backoff).")),
+      slot_gaps(registry.add_counter(
+          "outbox_relay_slot_gaps_total",
+          "Starts on a newly created slot while Kafka already held events of this source (a possible gap).")),
       producer_recreated(registry.add_counter("outbox_relay_producer_recreated_total",
                                               "Kafka producers recreated after a fatal producer error.")),
       status_updates_sent(registry.add_counter("outbox_relay_status_updates_sent_total",

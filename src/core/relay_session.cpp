@@ -97,10 +97,13 @@ void relay_session::connect(event_time now) {
     cmds_.emplace_back(cmd::start_stream{requested_from_});
 }
 
-void relay_session::on_stream_started(lsn slot_confirmed, event_time now) {
+void relay_session::on_stream_started(lsn slot_confirmed, const source_id& source, event_time now) {
     now_ = now;
     if (phase_ != session_phase::connecting) return;
     stream_ = stream_state::live;
+    source_ = source;
+    source_.slot = cfg_.slot;
+    source_text_ = source_.header_value();
     // The server starts at max(requested, confirmed_flush): that is S, the
     // start of the window it replays.
     const lsn start = std::max(slot_confirmed, requested_from_);
@@ -599,6 +602,7 @@ void relay_session::route(const record& mapped, record_position pos) {
     pos_text_ = position_text(pos);
     scratch_.headers.push_back({header_commit_lsn, pos_text_.commit_lsn()});
     scratch_.headers.push_back({header_seq, pos_text_.seq()});
+    scratch_.headers.push_back({header_source, source_text_});
     record rec = mapped;
     rec.headers = std::span<const header>(scratch_.headers.data(), scratch_.headers.size());
     const std::size_t bytes = rec.bytes();
@@ -655,7 +659,7 @@ void relay_session::park(topic_state& t, const record& rec, record_position pos,
 void relay_session::request_scan(const std::string& topic, topic_state& t) {
     t.state = topic_state::st::scanning;
     t.scan_id = ++next_scan_;
-    cmds_.emplace_back(cmd::scan_topic{t.scan_id, topic, scan_from_});
+    cmds_.emplace_back(cmd::scan_topic{t.scan_id, topic, scan_from_, source_});
 }
 
 void relay_session::on_scan_done(std::uint64_t scan_id, scan_outcome outcome, event_time now) {
@@ -669,6 +673,26 @@ void relay_session::on_scan_done(std::uint64_t scan_id, scan_outcome outcome, ev
     topic_state& t = it->second;
     switch (outcome.status) {
         case scan_outcome::kind::ok:
+            // The slot was made at this start, yet Kafka already holds events
+            // of this origin: the slot that wrote them is gone, and what was
+            // committed between its last confirmed position and the new
+            // slot's start was never decoded. Say so rather than carry on.
+            if (slot_created_ && outcome.own_records_seen && !slot_gap_checked_) {
+                slot_gap_checked_ = true;
+                metrics_.slot_gaps.inc();
+                const std::string what = "replication slot " + cfg_.slot +
+                                         " was created at this start, but topic " + it->first +
+                                         " already holds records of this source up to commit LSN " +
+                                         lsn_text(outcome.newest_own) + ": events committed between then and " +
+                                         lsn_text(scan_from_) + " (the new slot's start) may be missing";
+                if (!cfg_.accept_slot_gap) {
+                    fail(exit_code::slot, what + "; reconcile them (e.g. re-insert from the outbox table), then "
+                                                 "start once with --accept-slot-gap",
+                         now);
+                    return;
+                }
+                note(cmd::note::level::warn, "event=slot_gap_accepted reason=" + quoted(what));
+            }
             t.present = std::move(outcome.present);
             t.max_present = t.present.max_commit_lsn();
             t.state = topic_state::st::ready;

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string_view>
 #include <unordered_map>
@@ -206,9 +207,10 @@ public:
         res_.took = std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - t0_);
         log::info(mod,
                   "event=tail_scanned topic={} from={} partitions={} rounds={} records_read={} present={} "
-                  "without_position={} took_ms={}",
+                  "without_position={} foreign={} other_timeline={} own_seen={} newest_own={} took_ms={}",
                   topic_, from_.to_string(), res_.partitions, res_.rounds, res_.records_read, res_.present.size(),
-                  res_.records_without_position, res_.took.count());
+                  res_.records_without_position, res_.foreign_records, res_.other_timeline, res_.own_records_seen,
+                  res_.newest_own.to_string(), res_.took.count());
         return std::move(res_);
     }
 
@@ -363,6 +365,28 @@ private:
             ++res_.records_without_position;
             return;
         }
+        if (!opts_.source.empty()) {
+            const void* src_v = nullptr;
+            std::size_t src_n = 0;
+            std::optional<source_id> src;
+            if (rd_kafka_header_get_last(hdrs, header_source.data(), &src_v, &src_n) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+                src_v)
+                if (auto parsed = source_id::parse({static_cast<const char*>(src_v), src_n})) src = std::move(*parsed);
+            if (!src || !src->same_origin(opts_.source)) {
+                ++res_.foreign_records;
+                return;
+            }
+            res_.own_records_seen = true;
+            res_.newest_own = std::max(res_.newest_own, pos->commit_lsn);
+            if (pos->commit_lsn < from_) {
+                p.saw_below = true;
+            } else if (src->timeline == opts_.source.timeline) {
+                res_.present.insert(*pos);
+            } else {
+                ++res_.other_timeline;
+            }
+            return;
+        }
         if (pos->commit_lsn < from_)
             p.saw_below = true;
         else
@@ -467,10 +491,10 @@ tail_scan_pool::~tail_scan_pool() {
     for (auto& t : workers_) t.join();
 }
 
-void tail_scan_pool::submit(std::string topic, outbox::lsn from, done_fn done) {
+void tail_scan_pool::submit(std::string topic, outbox::lsn from, outbox::source_id source, done_fn done) {
     {
         std::lock_guard<std::mutex> lock(mu_);
-        queue_.push_back(job{std::move(topic), from, std::move(done)});
+        queue_.push_back(job{std::move(topic), from, std::move(source), std::move(done)});
     }
     cv_.notify_one();
 }
@@ -488,7 +512,9 @@ void tail_scan_pool::work() {
         std::optional<tail_scan_result> result;
         std::optional<tail_scan_error> error;
         try {
-            result = scan_topic_tail(base_, j.topic, j.from);
+            tail_scan_options o = base_;
+            o.source = std::move(j.source);
+            result = scan_topic_tail(o, j.topic, j.from);
         } catch (const tail_scan_error& e) {
             error = e;
         } catch (const std::exception& e) {

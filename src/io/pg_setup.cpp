@@ -231,6 +231,7 @@ setup_result prepare_postgres(const relay_config& cfg) {
     }
 
     // --- slot
+    bool slot_created = false;
     const std::string create_slot = "SELECT pg_create_logical_replication_slot(" + slot_lit + ", 'pgoutput')";
     const std::string drop_slot = "SELECT pg_drop_replication_slot(" + slot_lit + ")";
     {
@@ -248,6 +249,7 @@ setup_result prepare_postgres(const relay_config& cfg) {
                 return failed(exit_code::slot, "cannot create replication slot " + cfg.slot + ": " + db.error());
             log::info(mod, "event=slot_created slot={} plugin=pgoutput consistent_point={}", log::quote(cfg.slot),
                       PQntuples(c.get()) == 1 ? PQgetvalue(c.get(), 0, 0) : "?");
+            slot_created = true;
         } else {
             std::string_view type = PQgetvalue(r.get(), 0, 0), plugin = PQgetvalue(r.get(), 0, 1),
                              same_db = PQgetvalue(r.get(), 0, 2), database = PQgetvalue(r.get(), 0, 3),
@@ -272,7 +274,9 @@ setup_result prepare_postgres(const relay_config& cfg) {
 
     log::info(mod, "event=ready slot={} publication={} table={}", log::quote(cfg.slot), log::quote(cfg.publication),
               log::quote(table_text));
-    return {};
+    setup_result ok;
+    ok.slot_created = slot_created;
+    return ok;
 }
 
 }  // namespace outbox::io

@@ -118,9 +118,14 @@ struct relay::impl {
         so.tcp_user_timeout_ms = static_cast<int>(cfg_.pg_silence_timeout.count());
         const std::uint64_t gen = ++stream_gen_;
         stream_handlers h;
-        h.on_started = [this, gen](lsn slot_confirmed) {
+        h.on_started = [this, gen](const stream_info& info) {
             if (gen != stream_gen_) return;
-            session_.on_stream_started(slot_confirmed, now());
+            source_id src;
+            src.system_id = info.system_id;
+            src.timeline = info.timeline;
+            src.slot = cfg_.slot;
+            src.database = info.database;
+            session_.on_stream_started(info.slot_confirmed, src, now());
             execute();
         };
         h.on_copy_data = [this, gen](std::string_view frame) {
@@ -201,7 +206,7 @@ struct relay::impl {
         // The producer fetches the topic's metadata meanwhile, so the parked
         // records leave at once when the scan is in.
         if (sink_) sink_->prepare_topic(c.topic);
-        scans_->submit(c.topic, c.from,
+        scans_->submit(c.topic, c.from, c.source,
                        [this, id = c.id, topic = c.topic, from = c.from](std::optional<tail_scan_result> r,
                                                                         std::optional<tail_scan_error> e) {
                            if (stopped_) return;
@@ -213,6 +218,8 @@ struct relay::impl {
                                          topic, from.to_string(), r->partitions, r->records_read, r->present.size(),
                                          r->took.count());
                                o.present = std::move(r->present);
+                               o.own_records_seen = r->own_records_seen;
+                               o.newest_own = r->newest_own;
                            } else {
                                o.status = e->permanent ? scan_outcome::kind::permanent : scan_outcome::kind::transient;
                                o.message = e->what();
@@ -343,6 +350,7 @@ int run_guarded(const std::function<int()>& body) noexcept {
 relay::relay(boost::asio::io_context& ioc, relay_config cfg) : impl_(std::make_unique<impl>(ioc, std::move(cfg))) {}
 relay::~relay() = default;
 void relay::start() { impl_->start(); }
+void relay::set_slot_created(bool created) { impl_->session_.set_slot_created(created); }
 void relay::shutdown() { impl_->shutdown(); }
 int relay::exit_code() const noexcept { return impl_->exit_code_; }
 bool relay::stopped() const noexcept { return impl_->stopped_ && !impl_->sink_; }

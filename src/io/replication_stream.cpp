@@ -4,7 +4,8 @@
 // before the descriptor goes away).
 //
 // State machine:
-//   idle -> connecting (PQconnectPoll) -> querying_slot (confirmed_flush_lsn)
+//   idle -> connecting (PQconnectPoll) -> identifying (IDENTIFY_SYSTEM)
+//        -> querying_slot (confirmed_flush_lsn)
 //        -> starting (START_REPLICATION) -> streaming (CopyBoth)
 //        -> stopping (after stop(): CopyDone, drain, PQfinish) -> closed
 // Any error moves to closed and reports on_closed once; a stop the caller
@@ -20,6 +21,7 @@
 #include <libpq-fe.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <optional>
 #include <string_view>
 #include <utility>
@@ -66,7 +68,7 @@ bool is_connection_sqlstate(std::string_view s) {
 }  // namespace
 
 struct replication_stream::impl : std::enable_shared_from_this<impl> {
-    enum class state { idle, connecting, querying_slot, starting, streaming, stopping, closed };
+    enum class state { idle, connecting, identifying, querying_slot, starting, streaming, stopping, closed };
 
     impl(boost::asio::io_context& ioc, stream_options o, stream_handlers h)
         : ioc_(ioc), opts_(std::move(o)), handlers_(std::move(h)) {}
@@ -80,7 +82,7 @@ struct replication_stream::impl : std::enable_shared_from_this<impl> {
     PGconn* conn_ = nullptr;
     state state_ = state::idle;
     lsn from_;
-    lsn slot_confirmed_;
+    stream_info info_;
     bool slot_row_seen_ = false;
 
     // Socket watching. `sd_gen_` changes whenever the descriptor is replaced
@@ -128,10 +130,12 @@ struct replication_stream::impl : std::enable_shared_from_this<impl> {
             auto self = weak.lock();
             if (ec || !self) return;
             auto st = self->state_;
-            if (st == state::connecting || st == state::querying_slot || st == state::starting)
+            if (st == state::connecting || st == state::identifying || st == state::querying_slot ||
+                st == state::starting)
                 self->fail(stream_error_kind::connection_lost,
                            fmt::format("no replication stream after {} s (phase {})", setup_deadline.count(),
                                        st == state::connecting      ? "connect"
+                                       : st == state::identifying   ? "IDENTIFY_SYSTEM"
                                        : st == state::querying_slot ? "slot query"
                                                                     : "START_REPLICATION"),
                            "");
@@ -235,6 +239,14 @@ struct replication_stream::impl : std::enable_shared_from_this<impl> {
                   log::quote(opts_.slot), log::quote(PQhost(conn_) ? PQhost(conn_) : ""),
                   log::quote(PQport(conn_) ? PQport(conn_) : ""), log::quote(PQdb(conn_) ? PQdb(conn_) : ""),
                   log::quote(PQuser(conn_) ? PQuser(conn_) : ""), PQserverVersion(conn_), PQbackendPID(conn_));
+        info_.server_version = PQserverVersion(conn_);
+        // Which cluster and timeline this is: the relay's records carry it
+        // (the exactly-once check only trusts records of the same source).
+        state_ = state::identifying;
+        send_query("IDENTIFY_SYSTEM");
+    }
+
+    void send_slot_query() {
         char* lit = PQescapeLiteral(conn_, opts_.slot.data(), opts_.slot.size());
         if (!lit) {
             fail(stream_error_kind::fatal, "cannot quote slot name: " + one_line(PQerrorMessage(conn_)), "");
@@ -286,15 +298,23 @@ struct replication_stream::impl : std::enable_shared_from_this<impl> {
         send_query(q);
     }
 
-    // Reads results of the current command (querying_slot / starting) as far
-    // as the input buffer allows.
+    // Reads results of the current command (identifying / querying_slot /
+    // starting) as far as the input buffer allows.
     void pump_results() {
         auto self = shared_from_this();
-        while (state_ == state::querying_slot || state_ == state::starting) {
+        while (state_ == state::identifying || state_ == state::querying_slot || state_ == state::starting) {
             if (PQisBusy(conn_)) return;  // wait for more input
             result_ptr res(PQgetResult(conn_));
             if (!res) {
                 // Command complete.
+                if (state_ == state::identifying) {
+                    if (info_.system_id.empty()) {
+                        fail(stream_error_kind::fatal, "IDENTIFY_SYSTEM returned no row", "");
+                        return;
+                    }
+                    send_slot_query();
+                    continue;
+                }
                 if (state_ == state::querying_slot) {
                     if (!slot_row_seen_) {
                         fail(stream_error_kind::fatal,
@@ -311,6 +331,20 @@ struct replication_stream::impl : std::enable_shared_from_this<impl> {
                 return;
             }
             ExecStatusType st = PQresultStatus(res.get());
+            if (state_ == state::identifying) {
+                // systemid text, timeline int4, xlogpos text, dbname text
+                if (st != PGRES_TUPLES_OK) {
+                    fail_from_conn(res.get());
+                    return;
+                }
+                if (PQntuples(res.get()) >= 1 && PQnfields(res.get()) >= 4) {
+                    info_.system_id = PQgetvalue(res.get(), 0, 0);
+                    info_.timeline = static_cast<std::uint32_t>(std::strtoul(PQgetvalue(res.get(), 0, 1), nullptr, 10));
+                    if (auto x = lsn::parse(PQgetvalue(res.get(), 0, 2))) info_.server_wal_end = *x;
+                    info_.database = PQgetisnull(res.get(), 0, 3) ? "" : PQgetvalue(res.get(), 0, 3);
+                }
+                continue;
+            }
             if (state_ == state::querying_slot) {
                 if (st != PGRES_TUPLES_OK) {
                     fail_from_conn(res.get());
@@ -325,7 +359,7 @@ struct replication_stream::impl : std::enable_shared_from_this<impl> {
                                  fmt::format("cannot parse confirmed_flush_lsn {}", PQgetvalue(res.get(), 0, 0)), "");
                             return;
                         }
-                        slot_confirmed_ = *parsed;
+                        info_.slot_confirmed = *parsed;
                     }
                 }
                 continue;
@@ -337,10 +371,11 @@ struct replication_stream::impl : std::enable_shared_from_this<impl> {
                     setup_timer_->cancel();
                     setup_timer_.reset();
                 }
-                log::info(mod, "event=started slot={} start_lsn={} confirmed_lsn={} publication={}",
-                          log::quote(opts_.slot), from_.to_string(), slot_confirmed_.to_string(),
-                          log::quote(opts_.publication));
-                if (handlers_.on_started) handlers_.on_started(slot_confirmed_);
+                log::info(mod, "event=started slot={} start_lsn={} confirmed_lsn={} publication={} system_id={} "
+                          "timeline={}",
+                          log::quote(opts_.slot), from_.to_string(), info_.slot_confirmed.to_string(),
+                          log::quote(opts_.publication), info_.system_id, info_.timeline);
+                if (handlers_.on_started) handlers_.on_started(info_);
                 if (state_ != state::streaming) return;
                 // The first frames may have arrived in the same packet.
                 drain_copy();
@@ -481,6 +516,7 @@ struct replication_stream::impl : std::enable_shared_from_this<impl> {
             case state::connecting:
                 connect_poll();
                 break;
+            case state::identifying:
             case state::querying_slot:
             case state::starting:
                 flush();
@@ -512,6 +548,7 @@ struct replication_stream::impl : std::enable_shared_from_this<impl> {
             case state::connecting:
                 connect_poll();
                 break;
+            case state::identifying:
             case state::querying_slot:
             case state::starting:
                 if (!PQconsumeInput(conn_)) {
@@ -560,6 +597,7 @@ struct replication_stream::impl : std::enable_shared_from_this<impl> {
                 want_read = poll_ == PGRES_POLLING_READING;
                 want_write = poll_ == PGRES_POLLING_WRITING;
                 break;
+            case state::identifying:
             case state::querying_slot:
             case state::starting:
                 want_read = true;

@@ -110,7 +110,8 @@ struct driver {
 
     // ---- events
     void start() { session().start(now()), drain(); }
-    void started(lsn slot_confirmed = lsn{0x100}) { session().on_stream_started(slot_confirmed, now()), drain(); }
+    source_id source{"7301234567890123456", 1, "", "app"};
+    void started(lsn slot_confirmed = lsn{0x100}) { session().on_stream_started(slot_confirmed, source, now()), drain(); }
     void closed(stream_end k, std::string_view msg = "gone") { session().on_stream_closed(k, msg, now()), drain(); }
     void stream_stopped() { session().on_stream_stopped(now()), drain(); }
     void shutdown() { session().on_shutdown(now()), drain(); }
@@ -226,8 +227,11 @@ TEST_CASE("record_carries_mapped_and_position_headers") {
     CHECK(d.out[0].key == "agg-1");
     CHECK(d.out[0].value == R"({"a":1})");
     CHECK(d.out[0].headers == std::map<std::string, std::string>{
-                                  {"id", "e-1"}, {"type", "Created"}, {"outbox-relay.commit-lsn", "0/1000"},
-                                  {"outbox-relay.seq", "0"}});
+                                  {"id", "e-1"},
+                                  {"type", "Created"},
+                                  {"outbox-relay.commit-lsn", "0/1000"},
+                                  {"outbox-relay.seq", "0"},
+                                  {"outbox-relay.source", "7301234567890123456:1:outbox_relay:app"}});
     CHECK(d.out[1].headers.at("outbox-relay.seq") == "1");
     CHECK(d.out[0].tag != d.out[1].tag + 1);  // same transaction, same checkpoint entry
     CHECK(d.out[0].tag == d.out[1].tag);
@@ -864,6 +868,61 @@ TEST_CASE("permanent_scan_failure_exits_21") {
     REQUIRE(d.stopped);
     CHECK(d.stopped->code == exit_code::record_rejected);
     CHECK(d.stopped->reason.find("event_id=id-4096-0") != std::string::npos);
+}
+
+TEST_CASE("scan_is_asked_for_this_source_only") {
+    driver d(delivery_mode::exactly_once);
+    d.streaming();
+    d.txn(0x1000, 1);
+    REQUIRE(d.scans.size() == 1);
+    CHECK(d.scans[0].source.system_id == "7301234567890123456");
+    CHECK(d.scans[0].source.slot == "outbox_relay");
+    CHECK(d.scans[0].source.timeline == 1);
+}
+
+TEST_CASE("recreated_slot_with_this_sources_records_in_kafka_exits_16") {
+    driver d(delivery_mode::exactly_once);
+    d.session().set_slot_created(true);
+    d.streaming(lsn{0x9000});
+    d.txn(0x9100, 1);
+    scan_outcome o;
+    o.own_records_seen = true;
+    o.newest_own = lsn{0x5000};
+    d.session().on_scan_done(d.scans[0].id, std::move(o), d.now());
+    d.drain();
+    CHECK(d.out.empty());
+    d.stream_stopped();
+    REQUIRE(d.stopped);
+    CHECK(d.stopped->code == exit_code::slot);
+    CHECK(d.stopped->reason.find("0/5000") != std::string::npos);
+    CHECK(d.stopped->reason.find("--accept-slot-gap") != std::string::npos);
+    CHECK(d.session().metrics().slot_gaps.value() == 1);
+}
+
+TEST_CASE("recreated_slot_gap_accepted_carries_on_and_counts_it") {
+    driver d(delivery_mode::exactly_once);
+    d.cfg.accept_slot_gap = true;
+    d.session().set_slot_created(true);
+    d.streaming(lsn{0x9000});
+    d.txn(0x9100, 1);
+    scan_outcome o;
+    o.own_records_seen = true;
+    o.newest_own = lsn{0x5000};
+    d.session().on_scan_done(d.scans[0].id, std::move(o), d.now());
+    d.drain();
+    CHECK(d.out.size() == 1);
+    CHECK_FALSE(d.stopped);
+    CHECK(d.session().metrics().slot_gaps.value() == 1);
+}
+
+TEST_CASE("first_start_without_this_sources_records_proceeds") {
+    driver d(delivery_mode::exactly_once);
+    d.session().set_slot_created(true);
+    d.streaming();
+    d.txn(0x1000, 1);
+    d.scan_ok(d.scans[0]);  // only foreign records, or none
+    CHECK(d.out.size() == 1);
+    CHECK(d.session().metrics().slot_gaps.value() == 0);
 }
 
 TEST_CASE("at_least_once_never_scans") {

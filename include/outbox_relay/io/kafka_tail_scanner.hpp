@@ -20,9 +20,17 @@
 //   3. Every record of a chunk whose position is >= `from` goes into the set;
 //      records without the two headers, or with malformed ones, are counted in
 //      records_without_position and otherwise ignored.
+//      With a source (tail_scan_options::source), only records of that source
+//      count: a record of the same cluster, slot and database and the same
+//      timeline goes into the set; one of another timeline does not (its
+//      LSNs past the fork point name other transactions, so the relay
+//      produces rather than skips: a duplicate, never a loss); records of
+//      other sources, or without a source header, are foreign and ignored.
 //
 // Stop rule. A partition is done after a round whose chunk held a record with
-// commit LSN < `from`, or whose chunk reached lo. Why that is enough: one relay
+// commit LSN < `from` (with a source: a record of the same origin), or whose
+// chunk reached lo. Foreign records, whatever their LSNs, never keep a scan
+// going. Why that is enough: one relay
 // session produces to a partition in LSN order, so below the newest record under
 // `from` lie only records of older transactions, which the replay does not
 // resend. The whole chunk is always read, so positions >= `from` that sit among
@@ -77,6 +85,8 @@ struct tail_scan_options {
     // When set and it becomes true, the scan gives up within ~100 ms
     // (tail_scan_error, not permanent): the relay is stopping.
     const std::atomic<bool>* cancel = nullptr;
+    // Whose records count (see above); empty: every record with a position.
+    outbox::source_id source;
 };
 
 // Why a scan failed. `permanent`: waiting cannot cure it (authorisation or
@@ -94,6 +104,10 @@ struct tail_scan_result {
     std::size_t records_read = 0;             // records inside the chunks read
     std::size_t records_without_position = 0; // of those: headers missing or malformed
     std::size_t rounds = 0;                   // chunk rounds needed
+    std::size_t foreign_records = 0;          // with a source: records of other sources (or none) in the chunks
+    std::size_t other_timeline = 0;           // records of the same origin, another timeline, >= from
+    bool own_records_seen = false;            // any record of the same origin (any timeline, any LSN)
+    outbox::lsn newest_own;                   // the highest commit LSN among those
     std::chrono::milliseconds took{};
 };
 
@@ -125,13 +139,15 @@ public:
     tail_scan_pool(const tail_scan_pool&) = delete;
     tail_scan_pool& operator=(const tail_scan_pool&) = delete;
 
-    // Queues a scan of `topic` from `from` with the base options.
-    void submit(std::string topic, outbox::lsn from, done_fn done);
+    // Queues a scan of `topic` from `from` with the base options, counting
+    // only `source`'s records (empty: every record with a position).
+    void submit(std::string topic, outbox::lsn from, outbox::source_id source, done_fn done);
 
 private:
     struct job {
         std::string topic;
         outbox::lsn from;
+        outbox::source_id source;
         done_fn done;
     };
     void work();

@@ -15,6 +15,7 @@ using setup_failure = exit_code;
 struct setup_result {
     exit_code failure = exit_code::ok;
     std::string message;  // one line: what is wrong and what to do
+    bool slot_created = false;  // the slot did not exist and was created now
 };
 
 // Checks wal_level, rights, table and columns; creates the publication

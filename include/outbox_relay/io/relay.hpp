@@ -37,6 +37,10 @@ public:
     relay(const relay&) = delete;
     relay& operator=(const relay&) = delete;
 
+    // Before start(): pg_setup created the slot at this start (see
+    // relay_session::set_slot_created).
+    void set_slot_created(bool created);
+
     // Creates the producer and the metrics endpoint and starts streaming.
     // Throws start_error.
     void start();

@@ -8,6 +8,7 @@
 
 #include <boost/asio/io_context.hpp>
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -40,10 +41,19 @@ struct stream_error {
     std::string sqlstate;
 };
 
+// What the server said while the stream was set up.
+struct stream_info {
+    lsn slot_confirmed;          // the slot's confirmed_flush_lsn, read just before starting
+    std::string system_id;       // IDENTIFY_SYSTEM systemid (the cluster's, shared by its physical standbys)
+    std::uint32_t timeline = 0;  // IDENTIFY_SYSTEM timeline
+    std::string database;        // IDENTIFY_SYSTEM dbname
+    lsn server_wal_end;          // IDENTIFY_SYSTEM xlogpos
+    int server_version = 0;      // PQserverVersion, e.g. 150018
+};
+
 struct stream_handlers {
-    // The stream is live: START_REPLICATION succeeded. `slot_confirmed` is the
-    // slot's confirmed_flush_lsn read just before starting.
-    std::function<void(lsn slot_confirmed)> on_started;
+    // The stream is live: START_REPLICATION succeeded.
+    std::function<void(const stream_info& info)> on_started;
     // One CopyData message from the server ('w' XLogData or 'k' keepalive,
     // see walsender.hpp), unparsed; `frame` is valid only during the call.
     std::function<void(std::string_view frame)> on_copy_data;
