@@ -92,6 +92,8 @@ int run(const std::vector<std::pair<std::string, std::string>>& flags, const std
         return to_int(setup.failure);
     }
 
+    // Matched by OID from now on too (a renamed table is still the outbox).
+    cfg->routing.relid = setup.table_oid;
     boost::asio::io_context ioc(1);
     outbox::io::relay relay(ioc, *cfg);
     relay.set_slot_created(setup.slot_created);

@@ -23,6 +23,10 @@ struct outbox_columns {
 struct routing_config {
     std::string schema = "public";
     std::string table = "outbox";
+    // The table's OID when known (pg_setup reads it; the root of a
+    // partitioned table): a relation with this OID is the outbox even after
+    // a rename. 0 = match by name only.
+    std::uint32_t relid = 0;
     outbox_columns columns;
     // Topic template: literal text with {column} placeholders naming any column
     // of the outbox table, e.g. "outbox.event.{aggregatetype}".
@@ -48,7 +52,8 @@ public:
     // empty placeholder.
     static result<outbox_mapper> create(routing_config cfg);
 
-    // Whether `rel` is the configured outbox table.
+    // Whether `rel` is the configured outbox table: its OID (when known), or
+    // its schema and name.
     bool is_outbox(const cached_relation& rel) const noexcept;
 
     // Checks that `rel` has every mapped column and every template column.

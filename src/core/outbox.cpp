@@ -70,6 +70,7 @@ result<outbox_mapper> outbox_mapper::create(routing_config cfg) {
 }
 
 bool outbox_mapper::is_outbox(const cached_relation& rel) const noexcept {
+    if (cfg_.relid != 0 && rel.relid == cfg_.relid) return true;
     return rel.relname == cfg_.table && rel.nspname == cfg_.schema;
 }
 

@@ -184,12 +184,26 @@ setup_result prepare_postgres(const relay_config& cfg) {
                                                                  "): add it or change the routing config");
     }
 
-    // --- publication (before the slot: PG15 looks the publication up at
-    // the decoded WAL position, so one created after the slot breaks decoding)
-    const std::string create_pub =
-        "CREATE PUBLICATION " + pub_id + " FOR TABLE " + qualified + " WITH (publish = 'insert')";
+    // A partitioned outbox (the usual way to clean one up: drop old
+    // partitions) must be published through its root: otherwise pgoutput
+    // names the leaf partitions, which are not the configured table, and
+    // every row would be ignored.
+    bool partitioned = false;
     {
-        auto r = db.exec("SELECT pubinsert FROM pg_publication WHERE pubname = " + pub_lit);
+        auto r = db.exec("SELECT relkind = 'p' FROM pg_class WHERE oid = " + relid + "::oid");
+        if (!r || PQntuples(r.get()) != 1)
+            return failed(exit_code::table_missing, "cannot read pg_class for " + table_text + ": " + db.error());
+        partitioned = std::string_view(PQgetvalue(r.get(), 0, 0)) == "t";
+    }
+
+    // --- publication (before the slot: PG15 looks the publication up at
+    // the decoded WAL position, so one created after the slot breaks decoding).
+    // publish_via_partition_root changes nothing for a plain table and makes
+    // a partitioned one (and partitions attached later) arrive as the root.
+    const std::string create_pub = "CREATE PUBLICATION " + pub_id + " FOR TABLE " + qualified +
+                                   " WITH (publish = 'insert', publish_via_partition_root = true)";
+    {
+        auto r = db.exec("SELECT pubinsert, pubviaroot FROM pg_publication WHERE pubname = " + pub_lit);
         if (!r) return failed(exit_code::publication, "cannot read pg_publication: " + db.error());
         if (PQntuples(r.get()) == 0) {
             if (!cfg.create_slot)
@@ -205,6 +219,11 @@ setup_result prepare_postgres(const relay_config& cfg) {
                 return failed(exit_code::publication,
                               "publication " + cfg.publication + " does not publish inserts: run ALTER PUBLICATION " +
                                   pub_id + " SET (publish = 'insert')");
+            if (partitioned && std::string_view(PQgetvalue(r.get(), 0, 1)) != "t")
+                return failed(exit_code::publication,
+                              "publication " + cfg.publication + " does not publish via the partition root, so rows of the "
+                                  "partitioned table " + table_text + " would arrive under the partitions' names and be "
+                                  "missed: run ALTER PUBLICATION " + pub_id + " SET (publish_via_partition_root = true)");
             auto t = db.exec("SELECT 1 FROM pg_publication_tables WHERE pubname = " + pub_lit +
                              " AND schemaname = " + schema_lit + " AND tablename = " + table_lit);
             if (!t) return failed(exit_code::publication, "cannot read pg_publication_tables: " + db.error());
@@ -276,6 +295,8 @@ setup_result prepare_postgres(const relay_config& cfg) {
               log::quote(table_text));
     setup_result ok;
     ok.slot_created = slot_created;
+    ok.table_oid = static_cast<std::uint32_t>(std::stoul(relid));
+    ok.partitioned = partitioned;
     return ok;
 }
 

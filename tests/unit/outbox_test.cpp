@@ -426,3 +426,17 @@ TEST_CASE("tuple_column_count_mismatch_rejected") {
     REQUIRE(r.has_error());
     CHECK(r.error() == errc::column_count_mismatch);
 }
+
+TEST_CASE("is_outbox_matches_the_known_oid_even_after_a_rename") {
+    routing_config cfg;
+    cfg.relid = 16400;
+    auto m = outbox_mapper::create(cfg);
+    REQUIRE(m.has_value());
+    auto rel = outbox_relation();
+    rel.relname = "outbox_renamed";
+    CHECK(m->is_outbox(rel));
+    rel.relid = 99999;
+    CHECK_FALSE(m->is_outbox(rel));
+    rel.relname = "outbox";  // same name, new table (dropped and recreated): still the outbox
+    CHECK(m->is_outbox(rel));
+}

@@ -4,6 +4,7 @@
 #include "outbox_relay/config.hpp"
 #include "outbox_relay/exit_code.hpp"
 
+#include <cstdint>
 #include <string>
 
 namespace outbox::io {
@@ -16,6 +17,8 @@ struct setup_result {
     exit_code failure = exit_code::ok;
     std::string message;  // one line: what is wrong and what to do
     bool slot_created = false;  // the slot did not exist and was created now
+    std::uint32_t table_oid = 0;  // the outbox table's OID (the root of a partitioned one)
+    bool partitioned = false;
 };
 
 // Checks wal_level, rights, table and columns; creates the publication
