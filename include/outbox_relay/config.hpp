@@ -47,6 +47,7 @@ struct relay_config {
     std::string log_level = "info";
     bool create_slot = true;                  // create publication + slot when missing
     bool accept_slot_gap = false;             // carry on when a recreated slot may have left a gap
+    std::string dead_letter_topic;            // rows that cannot be delivered for good go here; empty = stop instead
 };
 
 // One option of the table. `apply` parses a raw value into the config and

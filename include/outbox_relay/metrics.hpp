@@ -140,6 +140,10 @@ struct relay_metrics {
     counter& pg_silence_timeouts;  // outbox_relay_pg_silence_timeouts_total
     counter& scan_failures;        // outbox_relay_scan_failures_total
     counter& slot_gaps;            // outbox_relay_slot_gaps_total
+    counter& batch_shrinks;        // outbox_relay_batch_shrinks_total
+    // outbox_relay_dead_letters_total{reason=...}; one series per reason word,
+    // made on first use.
+    counter& dead_letter(std::string_view reason);
     counter& producer_recreated;   // outbox_relay_producer_recreated_total
     counter& status_updates_sent;  // outbox_relay_status_updates_sent_total
     histogram& commit_to_ack;      // outbox_relay_commit_to_ack_seconds

@@ -38,6 +38,13 @@ struct routing_config {
 inline constexpr std::string_view header_id = "id";
 inline constexpr std::string_view header_type = "type";
 
+// Headers a dead letter adds to the record it stands for.
+inline constexpr std::string_view header_dlq_reason = "outbox-relay.dlq.reason";  // a stable word (README)
+inline constexpr std::string_view header_dlq_detail = "outbox-relay.dlq.detail";  // one line of why
+inline constexpr std::string_view header_dlq_topic = "outbox-relay.dlq.topic";    // where it was meant to go
+inline constexpr std::string_view header_dlq_table = "outbox-relay.dlq.table";    // schema.table of the row
+inline constexpr std::string_view header_dlq_value_bytes = "outbox-relay.dlq.value-bytes";  // value left out: its size
+
 // Storage that a mapped record's views point into besides the tuple: the
 // routed topic and the header array. One per caller, reused row after row;
 // the next map() overwrites it.
@@ -76,6 +83,13 @@ public:
     // outlive it, and the next map() with the same scratch replaces it.
     result<record> map(const cached_relation& rel, const pgoutput::tuple_data& row,
                        record_scratch& scratch) const;
+
+    // What can be read of a row map() refused, for its dead letter: key =
+    // aggregateid and value = payload when they are present and set (as
+    // map() would give them), headers id and type when set, no topic. Never
+    // fails; reads columns by name, so it also works when the relation lacks
+    // some. Same lifetime rules as map().
+    record salvage(const cached_relation& rel, const pgoutput::tuple_data& row, record_scratch& scratch) const;
 
     const routing_config& config() const noexcept { return cfg_; }
 

@@ -40,6 +40,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -69,12 +70,24 @@ enum class delivery_status {
     permanent,  // Kafka refuses this record for good (too large, not authorised, invalid topic)
 };
 
+// Why Kafka refused a record for good (delivery_status::permanent).
+enum class refusal {
+    too_large,            // MSG_SIZE_TOO_LARGE / RECORD_LIST_TOO_LARGE
+    topic_authorization,  // TOPIC_AUTHORIZATION_FAILED
+    unknown_topic,        // the topic does not exist and is not created
+    invalid_topic,        // the brokers refuse the name
+    other,                // policy violation, invalid record or timestamp, ...
+};
+
 struct delivery {
     delivery_status status = delivery_status::ok;
     std::size_t bytes = 0;       // record::bytes() of the record, as produced
     std::string_view error;      // librdkafka's text on failure
     std::string_view topic;
     std::string_view event_id;   // failures: the record's id header
+    refusal why = refusal::other;  // permanent failures
+    bool local = false;          // refused by librdkafka itself at produce time (never sent)
+    record rec;                  // failures: the record as produced (valid during the event)
 };
 
 enum class producer_fault {
@@ -119,7 +132,9 @@ struct pause_reading {};
 struct resume_reading {};
 struct produce { record rec; record_tag tag; };
 struct scan_topic { std::uint64_t id; std::string topic; lsn from; source_id source; };
-struct recreate_producer {};              // destroy the producer (purging what it holds) and make a new one
+struct recreate_producer {                // destroy the producer (purging what it holds) and make a new one
+    std::size_t batch_size = 0;           // 0: as configured; else batch.size for the new producer
+};
 struct note { enum class level { info, warn, error } lvl; std::string text; };  // key=value text for the log
 struct stop { exit_code code; std::string reason; };
 }  // namespace cmd
@@ -184,7 +199,11 @@ private:
         std::size_t bytes;
     };
     struct topic_state {
-        enum class st { scanning, retry_wait, ready } state = st::scanning;
+        // dead: the topic cannot be written or read for good; its records
+        // become dead letters (only with a dead-letter topic).
+        enum class st { scanning, retry_wait, ready, dead } state = st::scanning;
+        std::string dead_reason;
+        std::string dead_detail;
         std::uint64_t scan_id = 0;
         position_set present;
         lsn max_present;             // highest commit LSN in `present`
@@ -210,7 +229,14 @@ private:
     void on_message(const M& m, const walsender::xlog_data& x);
 
     // records
-    void route(const record& rec, record_position pos);
+    void route(const record& mapped, record_position pos);
+    void send(const record& rec, record_position pos, std::optional<checkpoint_tracker::txn_id> existing);
+    void dead_letter(const record& orig, record_position pos, std::string_view reason, std::string detail,
+                     std::string_view intended_topic, std::optional<checkpoint_tracker::txn_id> existing,
+                     bool without_value = false);
+    void refuse_row(errc code, const std::string& field, const cached_relation& rel,
+                    const pgoutput::tuple_data& row, const walsender::xlog_data& x);
+    void shrink_batches(std::size_t record_bytes, event_time now);
     void release_parked(topic_state& t);
     void produce_now(const record& rec, record_position pos, checkpoint_tracker::txn_id txn, std::size_t bytes);
     void park(topic_state& t, const record& rec, record_position pos, checkpoint_tracker::txn_id txn,
@@ -299,8 +325,16 @@ private:
 
     // per-event scratch the produce commands view
     record_scratch scratch_;
+    struct dead_letter_scratch {
+        std::vector<header> headers;
+        std::string detail, topic, table, value_bytes;
+        position_text pos{record_position{}};
+    } dlq_;
+    std::size_t batch_cap_ = 0;       // batch.size of the current producer (0: as configured)
+    std::size_t default_batch_size_ = 1'000'000;  // -X batch.size, else librdkafka's default
     position_text pos_text_{record_position{}};
     std::vector<parked_record> released_;
+    std::vector<owned_record> dead_letters_;
 };
 
 }  // namespace outbox

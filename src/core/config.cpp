@@ -423,6 +423,16 @@ const option_spec option_table[] = {
          return {};
      },
      [](const relay_config& c) -> std::string { return c.create_slot ? "true" : "false"; }},
+    {"dead-letter-topic",
+     "topic for rows Kafka refuses for good or that cannot be mapped (empty = stop with exit 21/23 instead)", false,
+     false,
+     [](relay_config& c, const std::string& s) -> std::string {
+         if (!s.empty() && !valid_topic_name(s))
+             return "must be a Kafka topic name (1-249 of [a-zA-Z0-9._-], not . or ..), got \"" + s + "\"";
+         c.dead_letter_topic = s;
+         return {};
+     },
+     [](const relay_config& c) { return c.dead_letter_topic; }},
     {"accept-slot-gap",
      "start even though the slot was (re)created while Kafka holds events of this source: true | false", false,
      false,

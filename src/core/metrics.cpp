@@ -315,6 +315,9 @@ relay_metrics::relay_metrics()
       slot_gaps(registry.add_counter(
           "outbox_relay_slot_gaps_total",
           "Starts on a newly created slot while Kafka already held events of this source (a possible gap).")),
+      batch_shrinks(registry.add_counter(
+          "outbox_relay_batch_shrinks_total",
+          "Producer restarts with smaller batches after a broker refused a batch as too large for a topic.")),
       producer_recreated(registry.add_counter("outbox_relay_producer_recreated_total",
                                               "Kafka producers recreated after a fatal producer error.")),
       status_updates_sent(registry.add_counter("outbox_relay_status_updates_sent_total",
@@ -323,5 +326,11 @@ relay_metrics::relay_metrics()
           "outbox_relay_commit_to_ack_seconds",
           "Seconds from a transaction's Postgres commit timestamp until every record of it is acked and confirmable.",
           std::vector<double>(std::begin(commit_to_ack_buckets), std::end(commit_to_ack_buckets)))) {}
+
+counter& relay_metrics::dead_letter(std::string_view reason) {
+    return registry.add_counter("outbox_relay_dead_letters_total",
+                                "Records sent to the dead-letter topic instead of their own, by reason.",
+                                {{"reason", std::string(reason)}});
+}
 
 }  // namespace outbox

@@ -178,4 +178,35 @@ result<record> outbox_mapper::map(const cached_relation& rel, const pgoutput::tu
     return rec;
 }
 
+record outbox_mapper::salvage(const cached_relation& rel, const pgoutput::tuple_data& row,
+                             record_scratch& scratch) const {
+    record rec;
+    scratch.headers.clear();
+    scratch.topic.clear();
+    auto column = [&](const std::string& name) -> const pgoutput::tuple_column* {
+        const int i = rel.column_index(name);
+        if (i < 0 || static_cast<std::size_t>(i) >= row.columns.size()) return nullptr;
+        const auto& c = row.columns[static_cast<std::size_t>(i)];
+        return c.kind == pgoutput::column_kind::text || c.kind == pgoutput::column_kind::binary ? &c : nullptr;
+    };
+    const outbox_columns& names = cfg_.columns;
+    if (const auto* c = column(names.id)) scratch.headers.push_back({header_id, c->value});
+    if (const auto* c = column(names.type)) scratch.headers.push_back({header_type, c->value});
+    if (const auto* c = column(names.aggregateid))
+        rec.key = c->value;
+    else
+        rec.key_null = true;
+    if (const auto* c = column(names.payload)) {
+        rec.value = c->value;
+        const int i = rel.column_index(names.payload);
+        if (c->kind == pgoutput::column_kind::binary && rel.columns[static_cast<std::size_t>(i)].type_oid == oid_jsonb &&
+            !rec.value.empty() && rec.value.front() == jsonb_binary_version)
+            rec.value.remove_prefix(1);
+    } else {
+        rec.value_null = true;
+    }
+    rec.headers = std::span<const header>(scratch.headers.data(), scratch.headers.size());
+    return rec;
+}
+
 }  // namespace outbox

@@ -1,6 +1,7 @@
 #include "outbox_relay/relay_session.hpp"
 
 #include <algorithm>
+#include <cstdlib>
 #include <utility>
 
 namespace outbox {
@@ -43,6 +44,53 @@ std::string quoted(std::string_view s) {
     return out;
 }
 
+std::string_view refusal_reason(refusal r) noexcept {
+    switch (r) {
+        case refusal::too_large: return "record_too_large";
+        case refusal::topic_authorization: return "topic_authorization";
+        case refusal::unknown_topic: return "unknown_topic";
+        case refusal::invalid_topic: return "invalid_topic";
+        case refusal::other: return "rejected";
+    }
+    return "rejected";
+}
+
+std::string_view refusal_fix(refusal r) noexcept {
+    switch (r) {
+        case refusal::too_large:
+            return "Raise the topic's max.message.bytes (and the producer's message.max.bytes), or set "
+                   "--dead-letter-topic; a restart sends it again.";
+        case refusal::topic_authorization:
+            return "Grant the relay's principal WRITE (and READ, for the exactly-once check) on the topic, or set "
+                   "--dead-letter-topic; a restart sends it again.";
+        case refusal::unknown_topic:
+            return "Create the topic (or enable auto.create.topics.enable), or set --dead-letter-topic; a restart "
+                   "sends it again.";
+        case refusal::invalid_topic:
+            return "Fix the routing column or the topic template, or set --dead-letter-topic.";
+        case refusal::other:
+            return "See the broker's reason above, or set --dead-letter-topic; a restart sends it again.";
+    }
+    return "";
+}
+
+std::optional<record_position> position_of(const record& r) {
+    std::string_view l, q;
+    for (const header& h : r.headers) {
+        if (h.name == header_commit_lsn) l = h.value;
+        if (h.name == header_seq) q = h.value;
+    }
+    auto p = parse_position(l, q);
+    if (!p) return std::nullopt;
+    return *p;
+}
+
+bool has_header(const record& r, std::string_view name) {
+    for (const header& h : r.headers)
+        if (h.name == name) return true;
+    return false;
+}
+
 milliseconds doubled(milliseconds current, milliseconds floor, milliseconds cap) {
     milliseconds next = current.count() == 0 ? floor : current * 2;
     return std::clamp(next, std::min(floor, cap), cap);
@@ -70,6 +118,10 @@ relay_session::relay_session(const relay_config& cfg)
       mapper_(outbox_mapper::create(cfg_.routing).value()),
       decoder_(pgoutput::decoder_options{1, false}) {
     cmds_.reserve(64);
+    if (auto it = cfg_.kafka.find("batch.size"); it != cfg_.kafka.end()) {
+        const std::size_t n = std::strtoull(it->second.c_str(), nullptr, 10);
+        if (n > 0) default_batch_size_ = n;
+    }
 }
 
 // ---------------------------------------------------------------- lifecycle
@@ -367,6 +419,7 @@ milliseconds relay_session::next_backoff(milliseconds floor) noexcept {
 void relay_session::on_tick(event_time now) {
     now_ = now;
     released_.clear();
+    dead_letters_.clear();
     switch (phase_) {
         case session_phase::streaming:
         case session_phase::finishing_txn:
@@ -430,7 +483,7 @@ void relay_session::on_tick(event_time now) {
             if (now.mono < phase_deadline_) return;
             // The old producer goes with everything it still holds (purged:
             // never confirmed); the stream restarts from what acks confirmed.
-            cmds_.emplace_back(cmd::recreate_producer{});
+            cmds_.emplace_back(cmd::recreate_producer{batch_cap_});
             metrics_.producer_recreated.inc();
             ++producer_epoch_;
             tracker_ = checkpoint_tracker(tracker_.confirmed());
@@ -476,6 +529,7 @@ std::pair<bool, std::string_view> relay_session::readiness() const noexcept {
 void relay_session::on_copy_data(std::string_view frame, event_time now) {
     now_ = now;
     released_.clear();
+    dead_letters_.clear();
     if (stream_ != stream_state::live) return;
     last_heard_ = now.mono;
     probe_sent_ = false;
@@ -537,6 +591,9 @@ void relay_session::on_message(const pgoutput::commit& c, const walsender::xlog_
 void relay_session::on_message(const pgoutput::relation& r, const walsender::xlog_data& x) {
     const cached_relation& rel = relations_.apply(r);
     if (!mapper_.is_outbox(rel)) return;
+    // With a dead-letter topic each row that cannot be mapped becomes a dead
+    // letter (reason unmapped_column) instead.
+    if (!cfg_.dead_letter_topic.empty()) return;
     if (auto ok = mapper_.check_relation(rel); !ok)
         fail(exit_code::outbox_schema, "outbox relation " + rel.nspname + "." + rel.relname +
                                            " lacks mapped column \"" + ok.error().field +
@@ -562,22 +619,50 @@ void relay_session::on_message(const pgoutput::insert& ins, const walsender::xlo
     }
     auto rec = mapper_.map(**rel, ins.new_tuple, scratch_);
     if (!rec) {
-        const error& e = rec.error();
-        // The id header is mapped first, so it is known for every failure
-        // after it (a NULL topic column, an invalid topic name).
-        std::string id = scratch_.headers.empty() ? std::string("?") : std::string(scratch_.headers.front().value);
-        if (e.code == errc::invalid_topic)
-            fail(exit_code::record_rejected, "outbox row at lsn=" + lsn_text(x.data_start) + " event_id=" + id +
-                                                 " routes to an invalid Kafka topic \"" + scratch_.topic +
-                                                 "\" (template " + e.field + "); nothing at or after it is confirmed",
-                 now_);
-        else
-            fail(exit_code::outbox_schema, "outbox row at lsn=" + lsn_text(x.data_start) + " column \"" + e.field +
-                                               "\": " + std::string(errc_message(e.code)),
-                 now_);
+        refuse_row(rec.error().code, rec.error().field, **rel, ins.new_tuple, x);
         return;
     }
     route(*rec, record_position{txn_final_lsn_, seq_++});
+}
+
+namespace {
+// The stable word of a dead letter's reason (README "Dead letters").
+std::string_view mapping_reason(errc code) noexcept {
+    switch (code) {
+        case errc::invalid_topic: return "invalid_topic";
+        case errc::null_column:
+        case errc::unchanged_toast_column: return "null_column";
+        case errc::missing_column:
+        case errc::column_count_mismatch: return "unmapped_column";
+        default: return "bad_value";
+    }
+}
+}  // namespace
+
+// A row the mapper refused: a dead letter when there is a dead-letter topic,
+// else a stop that names the row, the reason and the fix.
+void relay_session::refuse_row(errc code, const std::string& field, const cached_relation& rel,
+                               const pgoutput::tuple_data& row, const walsender::xlog_data& x) {
+    const record_position pos{txn_final_lsn_, seq_++};
+    const std::string intended = code == errc::invalid_topic ? scratch_.topic : std::string();
+    const std::string detail =
+        code == errc::invalid_topic ? "the row routes to \"" + intended + "\", not a valid Kafka topic name (template " +
+                                          field + ")"
+        : code == errc::column_count_mismatch ? std::string("the row does not match its relation's columns")
+                                               : "column \"" + field + "\": " + std::string(errc_message(code));
+    const record salvaged = mapper_.salvage(rel, row, scratch_);
+    if (!cfg_.dead_letter_topic.empty()) {
+        dead_letter(salvaged, pos, mapping_reason(code), detail, intended, std::nullopt);
+        return;
+    }
+    std::string id = "?";
+    for (const header& h : salvaged.headers)
+        if (h.name == header_id) id = std::string(h.value);
+    const std::string what = "outbox row at lsn=" + lsn_text(x.data_start) + " event_id=" + id + " cannot be sent (" +
+                             std::string(mapping_reason(code)) + "): " + detail +
+                             "; nothing at or after it is confirmed. Fix the row's writer or the routing "
+                             "configuration, or set --dead-letter-topic to set such rows aside";
+    fail(code == errc::invalid_topic ? exit_code::record_rejected : exit_code::outbox_schema, what, now_);
 }
 
 void relay_session::on_message(const pgoutput::update&, const walsender::xlog_data&) { metrics_.ignored_update.inc(); }
@@ -605,10 +690,18 @@ void relay_session::route(const record& mapped, record_position pos) {
     scratch_.headers.push_back({header_source, source_text_});
     record rec = mapped;
     rec.headers = std::span<const header>(scratch_.headers.data(), scratch_.headers.size());
-    const std::size_t bytes = rec.bytes();
+    send(rec, pos, std::nullopt);
+}
 
+// Sends a complete record (position headers included): at once, parked
+// behind its topic's scan, skipped when the scan found it, or as a dead
+// letter when its topic is dead. `existing`: the checkpoint entry the record
+// already counts in (a dead letter of a refused record), else a new count.
+void relay_session::send(const record& rec, record_position pos, std::optional<checkpoint_tracker::txn_id> existing) {
+    const std::size_t bytes = rec.bytes();
+    auto counted = [&] { return existing ? *existing : tracker_.add_record(); };
     if (cfg_.delivery == delivery_mode::at_least_once) {
-        produce_now(rec, pos, tracker_.add_record(), bytes);
+        produce_now(rec, pos, counted(), bytes);
         return;
     }
     topic_state* t = last_topic_;
@@ -622,8 +715,13 @@ void relay_session::route(const record& mapped, record_position pos) {
         // this one goes there. Off the loop; the topic's records wait.
         if (fresh) request_scan(it->first, *t);
     }
+    if (t->state == topic_state::st::dead) {
+        const std::string reason = t->dead_reason, detail = t->dead_detail;
+        dead_letter(rec, pos, reason, detail, rec.topic, counted());
+        return;
+    }
     if (t->state != topic_state::st::ready) {
-        park(*t, rec, pos, tracker_.add_record(), bytes);
+        park(*t, rec, pos, counted(), bytes);
         return;
     }
     if (!t->present.empty()) {
@@ -633,10 +731,73 @@ void relay_session::route(const record& mapped, record_position pos) {
             t->present.clear();
         } else if (t->present.contains(pos)) {
             metrics_.duplicates_skipped.inc();
+            if (existing && tracker_.ack(*existing)) confirmed_moved(now_);
             return;
         }
     }
-    produce_now(rec, pos, tracker_.add_record(), bytes);
+    produce_now(rec, pos, counted(), bytes);
+}
+
+// The record at `pos` cannot go where it was meant to: it goes to the
+// dead-letter topic with its key, value and headers, plus why. Deduplicated
+// (the dead-letter topic is scanned like any other) and confirmed once acked,
+// like any record.
+void relay_session::dead_letter(const record& orig, record_position pos, std::string_view reason, std::string detail,
+                                std::string_view intended_topic, std::optional<checkpoint_tracker::txn_id> existing,
+                                bool without_value) {
+    metrics_.dead_letter(reason).inc();
+    dlq_.detail = std::move(detail);
+    dlq_.topic.assign(intended_topic);
+    dlq_.table = mapper_.config().schema + "." + mapper_.config().table;
+    dlq_.pos = position_text(pos);
+    dlq_.headers.clear();
+    for (const header& h : orig.headers)
+        if (h.name != header_commit_lsn && h.name != header_seq && h.name != header_source &&
+            !h.name.starts_with("outbox-relay.dlq."))
+            dlq_.headers.push_back(h);
+    dlq_.headers.push_back({header_dlq_reason, reason});
+    dlq_.headers.push_back({header_dlq_detail, dlq_.detail});
+    dlq_.headers.push_back({header_dlq_topic, dlq_.topic});
+    dlq_.headers.push_back({header_dlq_table, dlq_.table});
+    record rec = orig;
+    rec.topic = cfg_.dead_letter_topic;
+    if (without_value) {
+        dlq_.value_bytes = std::to_string(orig.value.size());
+        dlq_.headers.push_back({header_dlq_value_bytes, dlq_.value_bytes});
+        rec.value = {};
+        rec.value_null = true;
+    }
+    dlq_.headers.push_back({header_commit_lsn, dlq_.pos.commit_lsn()});
+    dlq_.headers.push_back({header_seq, dlq_.pos.seq()});
+    dlq_.headers.push_back({header_source, source_text_});
+    rec.headers = std::span<const header>(dlq_.headers.data(), dlq_.headers.size());
+    // Its own copy: one event can make several dead letters, and the produce
+    // commands view their record until the event's commands have run.
+    dead_letters_.emplace_back(rec);
+    const record& owned = dead_letters_.back().get();
+    note(cmd::note::level::warn, "event=dead_letter reason=" + std::string(reason) + " topic=" + quoted(intended_topic) +
+                                     " position=" + std::string(dlq_.pos.commit_lsn()) + "/" + std::string(dlq_.pos.seq()) +
+                                     " detail=" + quoted(dlq_.detail));
+    send(owned, pos, existing);
+}
+
+// A broker refused a small record as too large: the batch around it was too
+// large for the topic's max.message.bytes (librdkafka 2.0.2 does not split a
+// refused batch). Produce with batches half as big, from the confirmed
+// position; the replay brings the record again, and once a batch can only
+// hold it alone, a refusal is its own size.
+void relay_session::shrink_batches(std::size_t record_bytes, event_time now) {
+    const std::size_t current = batch_cap_ != 0 ? batch_cap_ : default_batch_size_;
+    batch_cap_ = std::max(current / 2, std::max<std::size_t>(record_bytes, 1));
+    note(cmd::note::level::warn, "event=batch_too_large record_bytes=" + std::to_string(record_bytes) +
+                                     " batch_size=" + std::to_string(current) + " new_batch_size=" +
+                                     std::to_string(batch_cap_) + " action=restart_producer confirmed=" +
+                                     lsn_text(tracker_.confirmed()));
+    metrics_.batch_shrinks.inc();
+    // Not a producer fault: it must not count towards producer-restart-limit.
+    const unsigned in_a_row = fatal_in_a_row_;
+    restart_producer("a batch was larger than the topic accepts", now);
+    fatal_in_a_row_ = in_a_row;
 }
 
 void relay_session::produce_now(const record& rec, record_position, checkpoint_tracker::txn_id txn,
@@ -665,6 +826,7 @@ void relay_session::request_scan(const std::string& topic, topic_state& t) {
 void relay_session::on_scan_done(std::uint64_t scan_id, scan_outcome outcome, event_time now) {
     now_ = now;
     released_.clear();
+    dead_letters_.clear();
     if (stream_ != stream_state::live) return;
     auto it = std::find_if(topics_.begin(), topics_.end(), [&](const auto& kv) {
         return kv.second.state == topic_state::st::scanning && kv.second.scan_id == scan_id;
@@ -716,6 +878,28 @@ void relay_session::on_scan_done(std::uint64_t scan_id, scan_outcome outcome, ev
         }
         case scan_outcome::kind::permanent: {
             metrics_.scan_failures.inc();
+            if (!cfg_.dead_letter_topic.empty() && it->first != cfg_.dead_letter_topic) {
+                // Its records cannot be checked against what is there, nor
+                // (most likely) written: they become dead letters.
+                t.state = topic_state::st::dead;
+                const bool auth = outcome.message.find("uthoriz") != std::string::npos;
+                t.dead_reason = auth ? "topic_authorization" : "invalid_topic";
+                t.dead_detail = outcome.message;
+                note(cmd::note::level::warn, "event=topic_dead topic=" + it->first + " reason=" + t.dead_reason +
+                                                 " detail=" + quoted(outcome.message));
+                std::deque<parked_record> batch = std::exchange(t.parked, {});
+                const std::string topic = it->first;
+                for (parked_record& p : batch) {
+                    --parked_records_;
+                    parked_bytes_ -= p.bytes;
+                    released_.push_back(std::move(p));
+                    const parked_record& q = released_.back();
+                    dead_letter(q.rec.get(), q.pos, topics_.at(topic).dead_reason, topics_.at(topic).dead_detail,
+                                topic, q.txn);
+                }
+                update_backpressure();
+                return;
+            }
             std::string id = "?";
             if (!t.parked.empty())
                 for (const header& h : t.parked.front().rec.get().headers)
@@ -755,6 +939,7 @@ void relay_session::release_parked(topic_state& t) {
 void relay_session::on_delivery(record_tag tag, const delivery& d, event_time now) {
     now_ = now;
     released_.clear();
+    dead_letters_.clear();
     // A report of a producer that was replaced: its records were purged and
     // are resent from the confirmed position.
     if ((tag >> tag_shift) != producer_epoch_) return;
@@ -771,14 +956,47 @@ void relay_session::on_delivery(record_tag tag, const delivery& d, event_time no
             maybe_finish_drain(now);
             maybe_reconnect(now);
             return;
-        case delivery_status::permanent:
+        case delivery_status::permanent: {
             metrics_.records_failed.inc();
+            // A producer being replaced: everything not confirmed is sent again.
+            if (phase_ == session_phase::producer_restart || phase_ == session_phase::stopping ||
+                phase_ == session_phase::stopped)
+                return;
+            const std::size_t cap = batch_cap_ != 0 ? batch_cap_ : default_batch_size_;
+            if (d.why == refusal::too_large && !d.local && d.bytes < cap) {
+                shrink_batches(d.bytes, now);
+                return;
+            }
+            auto pos = position_of(d.rec);
+            const bool is_dead_letter = !cfg_.dead_letter_topic.empty() && d.topic == cfg_.dead_letter_topic;
+            if (!cfg_.dead_letter_topic.empty() && pos && !is_dead_letter) {
+                dead_letter(d.rec, *pos, refusal_reason(d.why), std::string(d.error), d.topic, txn);
+                return;
+            }
+            // Too large even for the dead-letter topic: it goes there without its value.
+            if (is_dead_letter && pos && d.why == refusal::too_large && !has_header(d.rec, header_dlq_value_bytes)) {
+                std::string reason = "record_too_large";
+                for (const header& h : d.rec.headers)
+                    if (h.name == header_dlq_reason) reason = std::string(h.value);
+                std::string intended;
+                for (const header& h : d.rec.headers)
+                    if (h.name == header_dlq_topic) intended = std::string(h.value);
+                std::string detail = std::string(d.error);
+                for (const header& h : d.rec.headers)
+                    if (h.name == header_dlq_detail) detail = std::string(h.value);
+                dead_letter(d.rec, *pos, reason, detail, intended, txn, /*without_value=*/true);
+                return;
+            }
+            const std::string id = d.event_id.empty() ? std::string("?") : std::string(d.event_id);
             fail(exit_code::record_rejected,
-                 "Kafka rejected a record for good: " + std::string(d.error) + " topic=" + std::string(d.topic) +
-                     " event_id=" + (d.event_id.empty() ? std::string("?") : std::string(d.event_id)) +
-                     "; nothing at or after its transaction is confirmed",
+                 std::string(is_dead_letter ? "the dead-letter topic refused a dead letter for good: "
+                                            : "Kafka refused a record for good: ") +
+                     std::string(d.error) + " (" + std::string(refusal_reason(d.why)) + ") topic=" +
+                     std::string(d.topic) + " event_id=" + id +
+                     "; nothing at or after its transaction is confirmed. " + std::string(refusal_fix(d.why)),
                  now);
             return;
+        }
         case delivery_status::transient:
             metrics_.records_failed.inc();
             // Despite message.timeout.ms=0 (a purge, a full queue): the

@@ -27,7 +27,9 @@
 #include <deque>
 #include <exception>
 #include <stdexcept>
+#include <optional>
 #include <unordered_map>
+#include <vector>
 
 namespace outbox::io {
 
@@ -69,6 +71,25 @@ bool is_permanent(rd_kafka_resp_err_t err) noexcept {
         return true;
     default:
         return false;
+    }
+}
+
+outbox::refusal refusal_of(rd_kafka_resp_err_t err) noexcept {
+    switch (err) {
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+        return outbox::refusal::too_large;
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+        return outbox::refusal::topic_authorization;
+    case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+        return outbox::refusal::unknown_topic;
+    case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+    case RD_KAFKA_RESP_ERR__INVALID_ARG:
+        return outbox::refusal::invalid_topic;
+    default:
+        return outbox::refusal::other;
     }
 }
 
@@ -142,6 +163,7 @@ struct kafka_sink::impl {
         std::string topic;
         std::size_t bytes;
         std::string event_id;
+        std::optional<outbox::owned_record> rec;  // for a dead letter of it
     };
     struct warn_state {
         std::chrono::steady_clock::time_point last{};
@@ -196,9 +218,27 @@ struct kafka_sink::impl {
         r.tag = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(m->_private));
         r.err = m->err;
         r.bytes = bytes;
+        std::vector<outbox::header> failed_headers;
         if (m->err) {
             r.error = rd_kafka_err2str(m->err);
             r.status = is_permanent(m->err) ? outbox::delivery_status::permanent : outbox::delivery_status::transient;
+            r.why = refusal_of(m->err);
+            // What a dead letter of it needs: the record as produced.
+            rd_kafka_headers_t* all = nullptr;
+            if (rd_kafka_message_headers(m, &all) == RD_KAFKA_RESP_ERR_NO_ERROR && all) {
+                const char* name = nullptr;
+                const void* val = nullptr;
+                std::size_t size = 0;
+                for (std::size_t i = 0;
+                     rd_kafka_header_get_all(all, i, &name, &val, &size) == RD_KAFKA_RESP_ERR_NO_ERROR; ++i)
+                    failed_headers.push_back({name, std::string_view(val ? static_cast<const char*>(val) : "", size)});
+            }
+            r.rec.key_null = m->key == nullptr;
+            r.rec.key = m->key ? std::string_view(static_cast<const char*>(m->key), m->key_len) : std::string_view();
+            r.rec.value_null = m->payload == nullptr;
+            r.rec.value =
+                m->payload ? std::string_view(static_cast<const char*>(m->payload), m->len) : std::string_view();
+            r.rec.headers = std::span<const outbox::header>(failed_headers.data(), failed_headers.size());
             // The failure path (dead-letter routing, the exit message) names the event.
             rd_kafka_headers_t* hdrs = nullptr;
             const void* id = nullptr;
@@ -215,6 +255,7 @@ struct kafka_sink::impl {
         // RD_KAFKA_OFFSET_INVALID when the broker answered DUPLICATE_SEQUENCE_NUMBER.
         r.offset = m->offset < 0 ? -1 : m->offset;
         r.topic = m->rkt ? rd_kafka_topic_name(m->rkt) : "";
+        r.rec.topic = r.topic;
         try {
             on_report(r);
         } catch (...) {
@@ -281,7 +322,10 @@ struct kafka_sink::impl {
             r.bytes = s.bytes;
             r.error = rd_kafka_err2str(s.err);
             r.status = is_permanent(s.err) ? outbox::delivery_status::permanent : outbox::delivery_status::transient;
+            r.why = refusal_of(s.err);
+            r.local = true;
             r.topic = s.topic;
+            if (s.rec) r.rec = s.rec->get();
             r.event_id = std::move(s.event_id);
             try {
                 on_report(r);
@@ -428,7 +472,9 @@ void kafka_sink::produce(const outbox::record& rec, std::uint64_t tag) {
         std::string event_id;
         for (const auto& h : rec.headers)
             if (h.name == outbox::header_id) event_id = h.value;
-        d.synth.push_back({tag, err, std::string(rec.topic), bytes, std::move(event_id)});
+        std::optional<outbox::owned_record> copy;
+        if (is_permanent(err)) copy.emplace(rec);
+        d.synth.push_back({tag, err, std::string(rec.topic), bytes, std::move(event_id), std::move(copy)});
         d.post_synth();
     };
     // The fatal state can be set before its error op is served.

@@ -229,10 +229,10 @@ struct relay::impl {
                        });
     }
 
-    void run(cmd::recreate_producer&) {
+    void run(cmd::recreate_producer& c) {
         sink_.reset();
         try {
-            make_sink();
+            make_sink(c.batch_size);
         } catch (const std::exception& e) {
             // Posted: the session is not re-entered while its commands run.
             boost::asio::post(ioc_, [this, why = std::string(e.what())] {
@@ -266,10 +266,12 @@ struct relay::impl {
 
     // ---- I/O objects -----------------------------------------------------
 
-    void make_sink() {
+    void make_sink(std::size_t batch_size = 0) {
         sink_config sc;
         sc.brokers = cfg_.brokers;
         sc.properties = cfg_.kafka;
+        // The session shrinks batches a broker refused as too large for a topic.
+        if (batch_size > 0) sc.properties["batch.size"] = std::to_string(batch_size);
         // librdkafka's own queue holds more than the session lets be in
         // flight, so backpressure is the session's (stop reading) and
         // librdkafka never refuses a record as queue-full first.
@@ -285,6 +287,9 @@ struct relay::impl {
                 d.error = r.error;
                 d.topic = r.topic;
                 d.event_id = r.event_id;
+                d.why = r.why;
+                d.local = r.local;
+                d.rec = r.rec;
                 session_.on_delivery(r.tag, d, now());
                 execute();
             },

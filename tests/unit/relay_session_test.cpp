@@ -46,7 +46,8 @@ struct driver {
     std::optional<cmd::stop> stopped;
     int closes = 0, stop_streams = 0, pauses = 0, resumes = 0, recreates = 0;
 
-    explicit driver(delivery_mode mode = delivery_mode::at_least_once) {
+    explicit driver(delivery_mode mode = delivery_mode::at_least_once, std::string dead_letter_topic = "") {
+        cfg.dead_letter_topic = std::move(dead_letter_topic);
         cfg.postgres = "host=x";
         cfg.brokers = "k:1";
         cfg.delivery = mode;
@@ -940,6 +941,244 @@ TEST_CASE("next_deadline_is_the_status_interval_when_idle") {
     // A third of the silence timeout (the probe) or the status interval, whichever comes first.
     CHECK(d.session().next_deadline() - d.t == std::chrono::steady_clock::duration(10s));
     CHECK(driver().session().next_deadline() == steady_time::max());
+}
+
+}  // TEST_SUITE
+
+TEST_SUITE("relay_session_dead_letters") {
+
+namespace {
+std::vector<test::enc_column> null_id_row() {
+    return {{'n', ""}, {'t', "order"}, {'t', "agg-9"}, {'t', "Created"}, {'t', R"({"x":1})"}};
+}
+}  // namespace
+
+TEST_CASE("null_id_row_becomes_a_dead_letter_with_its_headers") {
+    driver d(delivery_mode::at_least_once, "outbox.dlq");
+    d.streaming();
+    d.begin(0x1000);
+    d.xlog(0x1001, test::enc_insert(std::nullopt, relid, null_id_row()));
+    d.commit(0x1000, 0x1028);
+    REQUIRE(d.out.size() == 1);
+    const auto& dl = d.out[0];
+    CHECK(dl.topic == "outbox.dlq");
+    CHECK(dl.key == "agg-9");
+    CHECK(dl.value == R"({"x":1})");
+    CHECK(dl.headers.at("outbox-relay.dlq.reason") == "null_column");
+    CHECK(dl.headers.at("outbox-relay.dlq.detail").find("\"id\"") != std::string::npos);
+    CHECK(dl.headers.at("outbox-relay.dlq.topic") == "");
+    CHECK(dl.headers.at("outbox-relay.dlq.table") == "public.outbox");
+    CHECK(dl.headers.at("outbox-relay.commit-lsn") == "0/1000");
+    CHECK(dl.headers.at("outbox-relay.seq") == "0");
+    CHECK(dl.headers.count("outbox-relay.source") == 1);
+    CHECK(dl.headers.at("type") == "Created");
+    CHECK(dl.headers.count("id") == 0);  // it had none
+    CHECK(d.session().metrics().dead_letter("null_column").value() == 1);
+    d.ack(0);  // a dead letter counts as delivered once acked
+    d.advance(100ms);
+    CHECK(d.last_flush() == lsn{0x1028});
+    CHECK_FALSE(d.stopped);
+}
+
+TEST_CASE("null_id_row_without_a_dead_letter_topic_stops_naming_the_fix") {
+    driver d;
+    d.streaming();
+    d.begin(0x1000);
+    d.xlog(0x1001, test::enc_insert(std::nullopt, relid, null_id_row()));
+    d.stream_stopped();
+    REQUIRE(d.stopped);
+    CHECK(d.stopped->code == exit_code::outbox_schema);
+    CHECK(d.stopped->reason.find("null_column") != std::string::npos);
+    CHECK(d.stopped->reason.find("--dead-letter-topic") != std::string::npos);
+    CHECK(d.last_flush() == lsn{0x100});
+}
+
+TEST_CASE("invalid_topic_row_becomes_a_dead_letter_naming_the_topic") {
+    driver d(delivery_mode::at_least_once, "outbox.dlq");
+    d.streaming();
+    d.begin(0x1000);
+    d.row(0x1001, "e-1", "bad topic/x");
+    d.row(0x1002, "e-2", "order");  // the next row flows on
+    d.commit(0x1000, 0x1028);
+    REQUIRE(d.out.size() == 2);
+    CHECK(d.out[0].topic == "outbox.dlq");
+    CHECK(d.out[0].headers.at("outbox-relay.dlq.reason") == "invalid_topic");
+    CHECK(d.out[0].headers.at("outbox-relay.dlq.topic") == "outbox.event.bad topic/x");
+    CHECK(d.out[0].headers.at("id") == "e-1");
+    CHECK(d.out[1].topic == "outbox.event.order");
+    CHECK(d.out[1].headers.at("outbox-relay.seq") == "1");
+}
+
+TEST_CASE("outbox_losing_a_column_with_a_dead_letter_topic_dead_letters_each_row") {
+    driver d(delivery_mode::at_least_once, "outbox.dlq");
+    d.start();
+    d.started();
+    d.relation(relid, /*with_type=*/false);
+    CHECK_FALSE(d.stopped);
+    d.begin(0x1000);
+    d.xlog(0x1001, test::enc_insert(std::nullopt, relid, {{'t', "e-1"}, {'t', "order"}, {'t', "k"}, {'t', "{}"}}));
+    d.commit(0x1000, 0x1028);
+    REQUIRE(d.out.size() == 1);
+    CHECK(d.out[0].headers.at("outbox-relay.dlq.reason") == "unmapped_column");
+    CHECK(d.out[0].headers.at("id") == "e-1");
+}
+
+TEST_CASE("record_refused_by_kafka_becomes_a_dead_letter_of_the_same_entry") {
+    driver d(delivery_mode::at_least_once, "outbox.dlq");
+    d.streaming();
+    d.txn(0x1000, 1);
+    d.txn(0x2000, 1);
+    REQUIRE(d.out.size() == 2);
+    // The broker refuses the first for good; the second is acked.
+    d.ack(1);
+    record failed;
+    failed.topic = d.out[0].topic;
+    failed.key = d.out[0].key;
+    failed.value = d.out[0].value;
+    std::vector<header> hs;
+    for (const auto& [k, v] : d.out[0].headers) hs.push_back({k, v});
+    failed.headers = hs;
+    delivery dv;
+    dv.status = delivery_status::permanent;
+    dv.why = refusal::topic_authorization;
+    dv.error = "Broker: Topic authorization failed";
+    dv.topic = d.out[0].topic;
+    dv.rec = failed;
+    d.session().on_delivery(d.out[0].tag, dv, d.now());
+    d.drain();
+    REQUIRE(d.out.size() == 3);
+    CHECK(d.out[2].topic == "outbox.dlq");
+    CHECK(d.out[2].headers.at("outbox-relay.dlq.reason") == "topic_authorization");
+    CHECK(d.out[2].headers.at("outbox-relay.dlq.topic") == d.out[0].topic);
+    CHECK(d.out[2].headers.at("outbox-relay.commit-lsn") == "0/1000");
+    CHECK(d.out[2].tag == d.out[0].tag);  // the same checkpoint entry
+    d.advance(100ms);
+    CHECK(d.last_flush() == lsn{0x100});  // not before the dead letter is acked
+    d.ack(2);
+    d.advance(100ms);
+    CHECK(d.last_flush() == lsn{0x2028});
+}
+
+TEST_CASE("dead_letter_too_large_for_the_dead_letter_topic_goes_without_its_value") {
+    driver d(delivery_mode::at_least_once, "outbox.dlq");
+    d.streaming();
+    d.begin(0x1000);
+    d.row(0x1001, "e-1", "order", "k", std::string(5000, 'v'));
+    d.commit(0x1000, 0x1028);
+    auto refuse = [&](std::size_t i, bool local) {
+        std::vector<header> hs;
+        for (const auto& [k, v] : d.out[i].headers) hs.push_back({k, v});
+        record r;
+        r.topic = d.out[i].topic;
+        r.key = d.out[i].key;
+        r.value = d.out[i].value;
+        r.headers = hs;
+        delivery dv;
+        dv.status = delivery_status::permanent;
+        dv.why = refusal::too_large;
+        dv.local = local;
+        dv.bytes = 6000;
+        dv.error = "Broker: Message size too large";
+        dv.topic = d.out[i].topic;
+        dv.rec = r;
+        d.session().on_delivery(d.out[i].tag, dv, d.now());
+        d.drain();
+    };
+    refuse(0, /*local=*/true);  // larger than message.max.bytes: known at once
+    REQUIRE(d.out.size() == 2);
+    CHECK(d.out[1].topic == "outbox.dlq");
+    CHECK(d.out[1].headers.at("outbox-relay.dlq.reason") == "record_too_large");
+    CHECK(d.out[1].value.size() == 5000);
+    refuse(1, /*local=*/true);  // the dead-letter topic refuses it too
+    REQUIRE(d.out.size() == 3);
+    CHECK(d.out[2].topic == "outbox.dlq");
+    CHECK(d.out[2].value.empty());
+    CHECK(d.out[2].headers.at("outbox-relay.dlq.value-bytes") == "5000");
+    CHECK(d.out[2].headers.at("outbox-relay.dlq.reason") == "record_too_large");
+    CHECK(d.session().metrics().dead_letter("record_too_large").value() == 2);
+}
+
+TEST_CASE("small_record_refused_as_too_large_shrinks_batches_not_dead_letters") {
+    driver d(delivery_mode::at_least_once, "outbox.dlq");
+    d.streaming();
+    d.txn(0x1000, 1);
+    delivery dv;
+    dv.status = delivery_status::permanent;
+    dv.why = refusal::too_large;
+    dv.local = false;  // the broker refused the batch around it
+    dv.bytes = 300;
+    dv.error = "Broker: Message size too large";
+    d.session().on_delivery(d.out[0].tag, dv, d.now());
+    d.drain();
+    CHECK(d.out.size() == 1);  // no dead letter
+    CHECK(d.closes == 1);
+    d.advance(200ms);
+    REQUIRE(d.recreates == 1);
+    CHECK(d.session().metrics().batch_shrinks.value() == 1);
+    // The new producer gets batches half as big (librdkafka's default 1,000,000).
+    bool saw = false;
+    for (auto& k : d.notes) saw = saw || k.find("new_batch_size=500000") != std::string::npos;
+    CHECK(saw);
+}
+
+TEST_CASE("dead_letters_are_deduplicated_against_the_dead_letter_topic") {
+    driver d(delivery_mode::exactly_once, "outbox.dlq");
+    d.streaming();
+    d.begin(0x1000);
+    d.xlog(0x1001, test::enc_insert(std::nullopt, relid, null_id_row()));
+    d.commit(0x1000, 0x1028);
+    REQUIRE(d.scans.size() == 1);
+    CHECK(d.scans[0].topic == "outbox.dlq");
+    d.scan_ok(d.scans[0], {{lsn{0x1000}, 0}});  // written before the crash
+    CHECK(d.out.empty());
+    CHECK(d.session().metrics().duplicates_skipped.value() == 1);
+    d.advance(100ms);
+    CHECK(d.last_flush() == lsn{0x1028});
+}
+
+TEST_CASE("topic_that_cannot_be_scanned_for_good_sends_its_records_to_dead_letters") {
+    driver d(delivery_mode::exactly_once, "outbox.dlq");
+    d.streaming();
+    d.txn(0x1000, 2);
+    REQUIRE(d.scans.size() == 1);
+    d.scan_failed(d.scans[0], scan_outcome::kind::permanent, "Broker: Topic authorization failed");
+    CHECK_FALSE(d.stopped);
+    REQUIRE(d.scans.size() == 2);  // the dead-letter topic's own scan
+    CHECK(d.scans[1].topic == "outbox.dlq");
+    d.scan_ok(d.scans[1]);
+    REQUIRE(d.out.size() == 2);
+    for (const auto& p : d.out) {
+        CHECK(p.topic == "outbox.dlq");
+        CHECK(p.headers.at("outbox-relay.dlq.reason") == "topic_authorization");
+    }
+    d.txn(0x2000, 1);  // later records of that topic go straight there too
+    CHECK(d.out.size() == 3);
+    d.ack_all();
+    d.advance(100ms);
+    CHECK(d.last_flush() == lsn{0x2028});
+}
+
+TEST_CASE("dead_letter_topic_refusing_for_good_exits_21") {
+    driver d(delivery_mode::at_least_once, "outbox.dlq");
+    d.streaming();
+    d.begin(0x1000);
+    d.xlog(0x1001, test::enc_insert(std::nullopt, relid, null_id_row()));
+    d.commit(0x1000, 0x1028);
+    std::vector<header> hs;
+    for (const auto& [k, v] : d.out[0].headers) hs.push_back({k, v});
+    delivery dv;
+    dv.status = delivery_status::permanent;
+    dv.why = refusal::topic_authorization;
+    dv.error = "Broker: Topic authorization failed";
+    dv.topic = "outbox.dlq";
+    dv.rec.topic = "outbox.dlq";
+    dv.rec.headers = hs;
+    d.session().on_delivery(d.out[0].tag, dv, d.now());
+    d.drain();
+    d.stream_stopped();
+    REQUIRE(d.stopped);
+    CHECK(d.stopped->code == exit_code::record_rejected);
+    CHECK(d.stopped->reason.find("dead-letter topic refused") != std::string::npos);
 }
 
 }  // TEST_SUITE

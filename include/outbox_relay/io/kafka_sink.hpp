@@ -36,6 +36,9 @@ struct delivery_report {
     std::int64_t offset = -1;    // -1 when the broker answered DUPLICATE_SEQUENCE (still success)
     std::string_view topic;
     std::string event_id;        // value of the record's "id" header; filled on failures only
+    outbox::refusal why = outbox::refusal::other;  // permanent failures: which kind
+    bool local = false;          // refused by librdkafka at produce time (never reached a broker)
+    outbox::record rec;          // failures: the record as produced; valid during the report only
 
     bool permanent() const noexcept { return status == outbox::delivery_status::permanent; }
 };
