@@ -6,6 +6,7 @@
 // the JSON file given by --config (flags win). The flags and --help come
 // from the option table in config.cpp. See README.md.
 #include "outbox_relay/config.hpp"
+#include "outbox_relay/dedupe.hpp"
 #include "outbox_relay/exit_code.hpp"
 #include "outbox_relay/io/log.hpp"
 #include "outbox_relay/io/pg_setup.hpp"
@@ -97,6 +98,7 @@ int run(const std::vector<std::pair<std::string, std::string>>& flags, const std
     boost::asio::io_context ioc(1);
     outbox::io::relay relay(ioc, *cfg);
     relay.set_slot_created(setup.slot_created);
+    relay.set_transactional_id(outbox::transactional_id_of(setup.system_id, setup.database, cfg->slot));
     try {
         relay.start();
     } catch (const outbox::io::start_error& e) {

@@ -48,6 +48,8 @@ struct relay_config {
     bool create_slot = true;                  // create publication + slot when missing
     bool accept_slot_gap = false;             // carry on when a recreated slot may have left a gap
     std::string dead_letter_topic;            // rows that cannot be delivered for good go here; empty = stop instead
+    bool kafka_transactions = true;           // exactly-once: produce in Kafka transactions (fences zombies)
+    std::chrono::milliseconds kafka_txn_max{100};  // the longest a Kafka transaction stays open while records keep coming
 };
 
 // One option of the table. `apply` parses a raw value into the config and

@@ -69,6 +69,11 @@ struct record_position_hash {
 // (errc::bad_value otherwise). Pure; the views need only live for the call.
 result<record_position> parse_position(std::string_view lsn_text, std::string_view seq_text) noexcept;
 
+// The Kafka transactional.id of a source's producer: one per cluster,
+// database and slot (not timeline: a promoted standby's relay fences its
+// predecessor), e.g. "outbox-relay:7301...:app:outbox_relay".
+std::string transactional_id_of(std::string_view system_id, std::string_view database, std::string_view slot);
+
 // The header values of one position, in its own small buffers (no allocation).
 class position_text {
 public:

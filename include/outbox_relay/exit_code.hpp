@@ -26,6 +26,7 @@ enum class exit_code : int {
     slot_lost = 24,         // the slot disappeared or was invalidated while streaming
     producer_failed = 25,   // the producer hit an error no new producer can heal, or kept failing
     metrics_listen = 26,    // the metrics endpoint cannot listen on metrics-listen
+    fenced = 27,            // another relay took over this source's Kafka transactions (this one is a zombie)
 };
 
 constexpr int to_int(exit_code c) noexcept { return static_cast<int>(c); }

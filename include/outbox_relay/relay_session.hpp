@@ -94,6 +94,7 @@ enum class producer_fault {
     healable,   // a new producer may succeed (sequence desynchronisation, ...): exit 25 only if it keeps failing
     permanent,  // no new producer can succeed (authorisation, unsupported feature): exit 25
     config,     // librdkafka refused to create a new producer with the configuration: exit 20
+    fenced,     // another relay initialised the same transactional.id (it took over): exit 27
 };
 
 enum class stream_end {
@@ -132,6 +133,11 @@ struct pause_reading {};
 struct resume_reading {};
 struct produce { record rec; record_tag tag; };
 struct scan_topic { std::uint64_t id; std::string topic; lsn from; source_id source; };
+// Kafka transactions (exactly-once with kafka-transactions): the shell runs
+// init and commit off the loop and reports on_txn_done; begin is immediate.
+struct init_txn {};
+struct begin_txn {};
+struct commit_txn {};
 struct recreate_producer {                // destroy the producer (purging what it holds) and make a new one
     std::size_t batch_size = 0;           // 0: as configured; else batch.size for the new producer
 };
@@ -141,7 +147,16 @@ struct stop { exit_code code; std::string reason; };
 
 using command = std::variant<cmd::start_stream, cmd::close_stream, cmd::stop_stream, cmd::send_status,
                              cmd::pause_reading, cmd::resume_reading, cmd::produce, cmd::scan_topic,
-                             cmd::recreate_producer, cmd::note, cmd::stop>;
+                             cmd::init_txn, cmd::begin_txn, cmd::commit_txn, cmd::recreate_producer, cmd::note,
+                             cmd::stop>;
+
+enum class txn_op { init, begin, commit };
+
+struct txn_outcome {
+    enum class kind { ok, retriable, abortable, fatal } status = kind::ok;
+    bool fenced = false;   // another producer with the same transactional.id took over
+    std::string message;
+};
 
 class relay_session {
 public:
@@ -167,6 +182,10 @@ public:
     void on_delivery(record_tag tag, const delivery& d, event_time now);
     void on_producer_fatal(producer_fault fault, std::string_view reason, event_time now);
     void on_scan_done(std::uint64_t scan_id, scan_outcome outcome, event_time now);
+    // The stream has handed over every frame it had (its socket has no more
+    // for now): the moment to commit a Kafka transaction at low rates.
+    void on_stream_idle(event_time now);
+    void on_txn_done(txn_op op, const txn_outcome& outcome, event_time now);
     void on_tick(event_time now);
     void on_shutdown(event_time now);
 
@@ -185,9 +204,10 @@ public:
     lsn stream_start() const noexcept { return scan_from_; }
     std::size_t in_flight_records() const noexcept { return in_flight_records_; }
     std::size_t in_flight_bytes() const noexcept { return in_flight_bytes_; }
-    std::size_t parked_records() const noexcept { return parked_records_; }
+    std::size_t parked_records() const noexcept { return parked_records_ + txn_wait_.size(); }
     std::size_t pending_txns() const noexcept { return tracker_.pending_txns(); }
     bool reading_paused() const noexcept { return paused_; }
+    bool transactional() const noexcept { return txn_ != txn_state::off; }
     relay_metrics& metrics() noexcept { return metrics_; }
     const relay_metrics& metrics() const noexcept { return metrics_; }
 
@@ -237,6 +257,11 @@ private:
     void refuse_row(errc code, const std::string& field, const cached_relation& rel,
                     const pgoutput::tuple_data& row, const walsender::xlog_data& x);
     void shrink_batches(std::size_t record_bytes, event_time now);
+    void to_producer(const record& rec, record_position pos, checkpoint_tracker::txn_id txn, std::size_t bytes);
+    void open_txn();
+    void try_commit(event_time now);
+    void release_txn_wait();
+    void begin_scans();
     void release_parked(topic_state& t);
     void produce_now(const record& rec, record_position pos, checkpoint_tracker::txn_id txn, std::size_t bytes);
     void park(topic_state& t, const record& rec, record_position pos, checkpoint_tracker::txn_id txn,
@@ -331,6 +356,24 @@ private:
         position_text pos{record_position{}};
     } dlq_;
     std::size_t batch_cap_ = 0;       // batch.size of the current producer (0: as configured)
+
+    // Kafka transactions. uninitialized: a producer that has not fenced its
+    // predecessors yet (that waits for the slot, so a standby never fences
+    // the relay it stands by for).
+    enum class txn_state { off, uninitialized, initializing, idle, open, committing };
+    txn_state txn_ = txn_state::off;
+    steady_time txn_opened_at_{};
+    steady_time txn_retry_at_ = steady_time::max();
+    std::size_t txn_records_ = 0;          // records produced into the open transaction
+    bool pg_txn_in_kafka_txn_ = false;     // records of the Postgres transaction being received are in it
+    std::vector<checkpoint_tracker::txn_id> txn_acked_;  // delivered in it; confirmable once it commits
+    std::deque<parked_record> txn_wait_;   // records waiting for a transaction to open, in order
+    std::size_t txn_wait_bytes_ = 0;
+    std::vector<std::string> deferred_scans_;  // topics to scan once the producer has fenced
+    struct poison {
+        std::string reason, detail, topic;
+    };
+    std::unordered_map<record_position, poison, record_position_hash> poison_;
     std::size_t default_batch_size_ = 1'000'000;  // -X batch.size, else librdkafka's default
     position_text pos_text_{record_position{}};
     std::vector<parked_record> released_;

@@ -22,6 +22,7 @@
 #include "kafka_test_support.hpp"
 
 #include "outbox_relay/config.hpp"
+#include "outbox_relay/dedupe.hpp"
 #include "outbox_relay/io/log.hpp"
 #include "outbox_relay/io/pg_setup.hpp"
 #include "outbox_relay/io/relay.hpp"
@@ -53,7 +54,12 @@ public:
         auto setup = outbox::io::prepare_postgres(cfg);
         if (setup.failure != outbox::io::setup_failure::ok)
             throw std::runtime_error("prepare_postgres: " + setup.message);
-        relay_ = std::make_unique<outbox::io::relay>(ioc_, cfg);
+        // As main.cpp wires it.
+        outbox::relay_config c = cfg;
+        c.routing.relid = setup.table_oid;
+        relay_ = std::make_unique<outbox::io::relay>(ioc_, c);
+        relay_->set_slot_created(setup.slot_created);
+        relay_->set_transactional_id(outbox::transactional_id_of(setup.system_id, setup.database, cfg.slot));
         relay_->start();
         thread_ = std::thread([this] {
             while (ioc_.run_one() > 0)

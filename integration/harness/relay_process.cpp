@@ -136,6 +136,10 @@ void relay_process::terminate() {
     if (running()) ::kill(pid_, SIGTERM);
 }
 
+void relay_process::signal(int sig) {
+    if (running()) ::kill(pid_, sig);
+}
+
 void relay_process::kill9() {
     if (running()) ::kill(pid_, SIGKILL);
 }

@@ -62,6 +62,10 @@ public:
     // Sends SIGKILL. No-op when already reaped.
     void kill9();
 
+    // Sends `sig` (e.g. SIGSTOP / SIGCONT to freeze and thaw it). No-op when
+    // already reaped.
+    void signal(int sig);
+
     // Waits until the child exits or `deadline` passes; returns its status, or
     // nullopt on timeout (the child is left running). Repeated calls after the
     // exit return the same status.

@@ -433,6 +433,21 @@ const option_spec option_table[] = {
          return {};
      },
      [](const relay_config& c) { return c.dead_letter_topic; }},
+    {"kafka-transactions",
+     "exactly-once: produce in Kafka transactions, which fences a paused relay once a standby took over: true | "
+     "false",
+     false, false,
+     [](relay_config& c, const std::string& s) -> std::string {
+         if (s != "true" && s != "false") return "must be true or false, got \"" + s + "\"";
+         c.kafka_transactions = s == "true";
+         return {};
+     },
+     [](const relay_config& c) -> std::string { return c.kafka_transactions ? "true" : "false"; }},
+    {"kafka-txn-max-ms",
+     "the longest a Kafka transaction stays open while records keep coming (commits happen sooner when the WAL "
+     "is idle), ms",
+     false, false, [](relay_config& c, const std::string& s) { return millis<1, 60'000>(s, c.kafka_txn_max); },
+     [](const relay_config& c) { return ms_text(c.kafka_txn_max); }},
     {"accept-slot-gap",
      "start even though the slot was (re)created while Kafka holds events of this source: true | false", false,
      false,

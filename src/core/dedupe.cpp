@@ -48,6 +48,12 @@ position_text::position_text(const record_position& p) noexcept {
     seq_len_ = static_cast<std::size_t>(end - seq_);
 }
 
+std::string transactional_id_of(std::string_view system_id, std::string_view database, std::string_view slot) {
+    std::string id = "outbox-relay:";
+    id.append(system_id).append(":").append(database).append(":").append(slot);
+    return id;
+}
+
 std::string source_id::header_value() const {
     return system_id + ":" + std::to_string(timeline) + ":" + slot + ":" + database;
 }

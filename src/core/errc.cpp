@@ -70,6 +70,7 @@ std::string_view exit_code_name(exit_code c) noexcept {
         case exit_code::slot_lost: return "slot_lost";
         case exit_code::producer_failed: return "producer_failed";
         case exit_code::metrics_listen: return "metrics_listen";
+        case exit_code::fenced: return "fenced";
     }
     return "unknown";
 }

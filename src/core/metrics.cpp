@@ -318,6 +318,11 @@ relay_metrics::relay_metrics()
       batch_shrinks(registry.add_counter(
           "outbox_relay_batch_shrinks_total",
           "Producer restarts with smaller batches after a broker refused a batch as too large for a topic.")),
+      kafka_txn_commits(registry.add_counter("outbox_relay_kafka_transactions_committed_total",
+                                             "Kafka transactions committed (exactly-once with kafka-transactions).")),
+      kafka_txn_records(registry.add_histogram("outbox_relay_kafka_transaction_records",
+                                               "Records per committed Kafka transaction.",
+                                               {1, 10, 100, 1000, 10000, 100000, 1000000})),
       producer_recreated(registry.add_counter("outbox_relay_producer_recreated_total",
                                               "Kafka producers recreated after a fatal producer error.")),
       status_updates_sent(registry.add_counter("outbox_relay_status_updates_sent_total",

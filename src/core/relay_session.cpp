@@ -118,6 +118,7 @@ relay_session::relay_session(const relay_config& cfg)
       mapper_(outbox_mapper::create(cfg_.routing).value()),
       decoder_(pgoutput::decoder_options{1, false}) {
     cmds_.reserve(64);
+    if (cfg_.delivery == delivery_mode::exactly_once && cfg_.kafka_transactions) txn_ = txn_state::uninitialized;
     if (auto it = cfg_.kafka.find("batch.size"); it != cfg_.kafka.end()) {
         const std::size_t n = std::strtoull(it->second.c_str(), nullptr, 10);
         if (n > 0) default_batch_size_ = n;
@@ -135,6 +136,9 @@ void relay_session::start(event_time now) {
 void relay_session::connect(event_time now) {
     (void)now;
     ++stream_epoch_;
+    // Only the first stream after pg_setup created the slot can show a gap;
+    // later ones find this process's own records.
+    if (stream_epoch_ > 1) slot_created_ = false;
     requested_from_ = tracker_.confirmed();
     phase_ = session_phase::connecting;
     stream_ = stream_state::connecting;
@@ -174,6 +178,15 @@ void relay_session::on_stream_started(lsn slot_confirmed, const source_id& sourc
     probe_sent_ = false;
     note(cmd::note::level::info, "event=streaming slot=" + cfg_.slot + " slot_confirmed=" + lsn_text(slot_confirmed) +
                                      " start=" + lsn_text(start) + " confirmed=" + lsn_text(tracker_.confirmed()));
+    // Positions below S are never replayed again.
+    std::erase_if(poison_, [&](const auto& kv) { return kv.first.commit_lsn < start; });
+    // Holding the slot now, this relay may fence any other producer of its
+    // transactional.id (a paused predecessor): before the first scan, so the
+    // scan does not wait on the predecessor's open transaction.
+    if (txn_ == txn_state::uninitialized) {
+        txn_ = txn_state::initializing;
+        cmds_.emplace_back(cmd::init_txn{});
+    }
     // Tell the server at once what we have confirmed (it may be ahead of the
     // slot when the previous connection dropped before an update).
     send_status(now, false);
@@ -224,6 +237,18 @@ void relay_session::on_stream_stopped(event_time now) {
 // everything tied to it goes, and a reconnect follows after `delay` and once
 // every record still in flight has a report.
 void relay_session::lose_stream(event_time now, milliseconds delay) {
+    // Records of the lost stream in an open Kafka transaction may belong to
+    // the Postgres transaction that was cut off: abort them all (a new
+    // producer's initialisation does) and resend from the confirmed position.
+    if ((txn_ == txn_state::open && txn_records_ > 0) || txn_ == txn_state::committing) {
+        if (!shutdown_requested_) {
+            // Not a producer fault: it must not count towards producer-restart-limit.
+            const unsigned in_a_row = fatal_in_a_row_;
+            restart_producer("the replication stream ended with a Kafka transaction open", now);
+            fatal_in_a_row_ = in_a_row;
+            if (phase_ == session_phase::producer_restart) return;
+        }
+    }
     tracker_.abandon_open_txn();
     in_txn_ = false;
     drop_stream_state();
@@ -244,8 +269,8 @@ void relay_session::maybe_reconnect(event_time now) {
     // Records of the lost stream still in flight: reconnect only once they
     // are acked, from the position they let us confirm, so that the server
     // does not resend them and the tail scan sees them.
-    if (in_flight_records_ > 0) {
-        phase_deadline_ = steady_time::max();  // the last ack calls us again
+    if (in_flight_records_ > 0 || txn_ == txn_state::committing) {
+        phase_deadline_ = steady_time::max();  // the last ack (or the commit) calls us again
         not_ready_ = "waiting for Kafka to acknowledge the records of the lost stream";
         return;
     }
@@ -257,14 +282,19 @@ void relay_session::maybe_reconnect(event_time now) {
 // transactions from the oldest one with a parked record on are marked never
 // to be confirmed, and the parked records given up.
 void relay_session::drop_stream_state() {
-    if (parked_records_ > 0) {
+    if (parked_records_ > 0 || !txn_wait_.empty()) {
         checkpoint_tracker::txn_id oldest = ~checkpoint_tracker::txn_id{0};
         for (auto& [name, t] : topics_)
             if (!t.parked.empty()) oldest = std::min(oldest, t.parked.front().txn);
+        if (!txn_wait_.empty()) oldest = std::min(oldest, txn_wait_.front().txn);
         tracker_.abandon_from(oldest);
         for (auto& [name, t] : topics_)
             for (const parked_record& p : t.parked) (void)tracker_.ack(p.txn);
+        for (const parked_record& p : txn_wait_) (void)tracker_.ack(p.txn);
     }
+    txn_wait_.clear();
+    txn_wait_bytes_ = 0;
+    deferred_scans_.clear();
     parked_records_ = 0;
     parked_bytes_ = 0;
     topics_.clear();
@@ -307,6 +337,13 @@ void relay_session::restart_producer(std::string_view why, event_time now) {
 
 void relay_session::on_producer_fatal(producer_fault fault, std::string_view reason, event_time now) {
     now_ = now;
+    if (fault == producer_fault::fenced) {
+        fail(exit_code::fenced,
+             "fenced: another relay took over this source's Kafka transactions (" + std::string(reason) +
+                 "); it holds the slot now, so this one stops without producing or confirming anything more",
+             now);
+        return;
+    }
     if (fault == producer_fault::config) {
         fail(exit_code::kafka_config, "librdkafka rejected the producer configuration: " + std::string(reason), now);
         return;
@@ -362,7 +399,15 @@ void relay_session::begin_drain(event_time now) {
 
 void relay_session::maybe_finish_drain(event_time now) {
     if (phase_ != session_phase::draining) return;
-    if (in_flight_records_ > 0 || parked_records_ > 0) return;
+    if (in_flight_records_ > 0 || parked_records_ > 0 || !txn_wait_.empty()) return;
+    if (txn_ == txn_state::committing) return;
+    // Commit what is open unless it holds part of a Postgres transaction that
+    // will never finish now: that is left to be aborted (by the next start's
+    // initialisation) and resent whole.
+    if (txn_ == txn_state::open && txn_records_ > 0 && !pg_txn_in_kafka_txn_) {
+        try_commit(now);
+        return;
+    }
     finish(now);
 }
 
@@ -452,6 +497,11 @@ void relay_session::on_tick(event_time now) {
             }
             if (now.mono >= last_status_ + cfg_.status_interval) send_status(now, false);
             maybe_send_status(now);
+            if (txn_ == txn_state::open && now.mono >= txn_opened_at_ + cfg_.kafka_txn_max) try_commit(now);
+            if (txn_ == txn_state::initializing && now.mono >= txn_retry_at_) {
+                txn_retry_at_ = steady_time::max();
+                cmds_.emplace_back(cmd::init_txn{});
+            }
             if (phase_ == session_phase::finishing_txn && now.mono >= phase_deadline_) {
                 note(cmd::note::level::warn, "event=open_txn_not_finished action=stop_reading confirmed=" +
                                                  lsn_text(tracker_.confirmed()));
@@ -489,6 +539,14 @@ void relay_session::on_tick(event_time now) {
             tracker_ = checkpoint_tracker(tracker_.confirmed());
             in_flight_records_ = 0;
             in_flight_bytes_ = 0;
+            if (txn_ != txn_state::off) {
+                // What it delivered but never committed is aborted by the
+                // next producer's initialisation: never confirmed.
+                txn_ = txn_state::uninitialized;
+                txn_records_ = 0;
+                txn_acked_.clear();
+                txn_retry_at_ = steady_time::max();
+            }
             connect(now);
             return;
         default:
@@ -508,6 +566,8 @@ steady_time relay_session::next_deadline() const noexcept {
                 if (!probe_sent_) d = std::min(d, last_heard_ + cfg_.pg_silence_timeout / 3);
             }
             if (phase_ != session_phase::streaming) d = std::min(d, phase_deadline_);
+            if (txn_ == txn_state::open && txn_records_ > 0) d = std::min(d, txn_opened_at_ + cfg_.kafka_txn_max);
+            if (txn_ == txn_state::initializing) d = std::min(d, txn_retry_at_);
             return std::min(d, scan_retry_at_);
         }
         case session_phase::reconnect_wait:
@@ -583,6 +643,7 @@ void relay_session::on_message(const pgoutput::commit& c, const walsender::xlog_
         return;
     }
     in_txn_ = false;
+    pg_txn_in_kafka_txn_ = false;
     metrics_.transactions.inc();
     if (tracker_.commit_txn(c.end_lsn)) confirmed_moved(now_);
     if (phase_ == session_phase::finishing_txn) begin_drain(now_);
@@ -700,6 +761,15 @@ void relay_session::route(const record& mapped, record_position pos) {
 void relay_session::send(const record& rec, record_position pos, std::optional<checkpoint_tracker::txn_id> existing) {
     const std::size_t bytes = rec.bytes();
     auto counted = [&] { return existing ? *existing : tracker_.add_record(); };
+    // Refused in an earlier (aborted) transaction: straight to the dead letters.
+    if (!poison_.empty() && rec.topic != cfg_.dead_letter_topic) {
+        if (auto it = poison_.find(pos); it != poison_.end()) {
+            const poison p = it->second;
+            poison_.erase(it);
+            dead_letter(rec, pos, p.reason, p.detail, p.topic, counted());
+            return;
+        }
+    }
     if (cfg_.delivery == delivery_mode::at_least_once) {
         produce_now(rec, pos, counted(), bytes);
         return;
@@ -800,13 +870,139 @@ void relay_session::shrink_batches(std::size_t record_bytes, event_time now) {
     fatal_in_a_row_ = in_a_row;
 }
 
-void relay_session::produce_now(const record& rec, record_position, checkpoint_tracker::txn_id txn,
+// To the producer, inside a Kafka transaction when they are used: one is
+// opened if none is; while one commits (or the producer has not fenced yet)
+// the record waits, in order.
+void relay_session::produce_now(const record& rec, record_position pos, checkpoint_tracker::txn_id txn,
+                                std::size_t bytes) {
+    switch (txn_) {
+        case txn_state::off:
+        case txn_state::open:
+            break;
+        case txn_state::idle:
+            open_txn();
+            break;
+        default:
+            txn_wait_.push_back(parked_record{owned_record(rec), pos, txn, bytes});
+            txn_wait_bytes_ += bytes;
+            update_backpressure();
+            return;
+    }
+    to_producer(rec, pos, txn, bytes);
+}
+
+void relay_session::to_producer(const record& rec, record_position, checkpoint_tracker::txn_id txn,
                                 std::size_t bytes) {
     ++in_flight_records_;
     in_flight_bytes_ += bytes;
     metrics_.records_produced.inc();
+    if (txn_ == txn_state::open) {
+        ++txn_records_;
+        if (in_txn_) pg_txn_in_kafka_txn_ = true;
+    }
     cmds_.emplace_back(cmd::produce{rec, (producer_epoch_ << tag_shift) | (txn & tag_txn_mask)});
     update_backpressure();
+}
+
+void relay_session::open_txn() {
+    cmds_.emplace_back(cmd::begin_txn{});
+    txn_ = txn_state::open;
+    txn_opened_at_ = now_.mono;
+    txn_records_ = 0;
+    pg_txn_in_kafka_txn_ = false;
+}
+
+// Records that waited for a transaction go into a new one, in order.
+void relay_session::release_txn_wait() {
+    if (txn_wait_.empty() || (txn_ != txn_state::idle && txn_ != txn_state::open)) return;
+    if (txn_ == txn_state::idle) open_txn();
+    std::deque<parked_record> batch = std::exchange(txn_wait_, {});
+    txn_wait_bytes_ = 0;
+    for (parked_record& p : batch) {
+        released_.push_back(std::move(p));
+        const parked_record& q = released_.back();
+        to_producer(q.rec.get(), q.pos, q.txn, q.bytes);
+    }
+    update_backpressure();
+}
+
+// Commits the open Kafka transaction when that cannot split a Postgres
+// transaction: none of the one being received is in it, and no record of a
+// finished one is still parked behind a scan. Then read_committed consumers
+// see each Postgres transaction's records all at once.
+void relay_session::try_commit(event_time now) {
+    if (txn_ != txn_state::open || txn_records_ == 0) return;
+    if (pg_txn_in_kafka_txn_ || parked_records_ > 0) return;
+    (void)now;
+    metrics_.kafka_txn_records.observe(static_cast<double>(txn_records_));
+    cmds_.emplace_back(cmd::commit_txn{});
+    txn_ = txn_state::committing;
+}
+
+void relay_session::on_stream_idle(event_time now) {
+    now_ = now;
+    released_.clear();
+    dead_letters_.clear();
+    try_commit(now);
+}
+
+void relay_session::on_txn_done(txn_op op, const txn_outcome& o, event_time now) {
+    now_ = now;
+    released_.clear();
+    dead_letters_.clear();
+    if (phase_ == session_phase::stopping || phase_ == session_phase::stopped ||
+        phase_ == session_phase::producer_restart)
+        return;
+    if (o.fenced) {
+        fail(exit_code::fenced,
+             "fenced: another relay took over this source's Kafka transactions (" + o.message +
+                 "); it holds the slot now, so this one stops without producing or confirming anything more",
+             now);
+        return;
+    }
+    switch (op) {
+        case txn_op::init:
+            if (txn_ != txn_state::initializing) return;
+            if (o.status == txn_outcome::kind::ok) {
+                txn_ = txn_state::idle;
+                begin_scans();
+                release_txn_wait();
+                return;
+            }
+            if (o.status == txn_outcome::kind::retriable) {
+                note(cmd::note::level::warn, "event=txn_init_retry reason=" + quoted(o.message));
+                txn_retry_at_ = now.mono + milliseconds{1000};
+                return;
+            }
+            fail(exit_code::producer_failed, "cannot initialise Kafka transactions: " + o.message, now);
+            return;
+        case txn_op::begin:
+            restart_producer("cannot begin a Kafka transaction: " + o.message, now);
+            return;
+        case txn_op::commit:
+            if (txn_ != txn_state::committing) return;
+            if (o.status == txn_outcome::kind::ok) {
+                metrics_.kafka_txn_commits.inc();
+                bool moved = false;
+                for (checkpoint_tracker::txn_id id : std::exchange(txn_acked_, {})) moved = tracker_.ack(id) || moved;
+                txn_ = txn_state::idle;
+                if (moved) confirmed_moved(now);
+                release_txn_wait();
+                update_backpressure();
+                maybe_finish_drain(now);
+                maybe_reconnect(now);
+                return;
+            }
+            if (o.status == txn_outcome::kind::retriable) {
+                cmds_.emplace_back(cmd::commit_txn{});  // resumes in librdkafka
+                return;
+            }
+            // Abortable (a record failed in it) or fatal: everything not
+            // committed is sent again by a new producer, whose initialisation
+            // aborts this transaction.
+            restart_producer("the Kafka transaction did not commit: " + o.message, now);
+            return;
+    }
 }
 
 void relay_session::park(topic_state& t, const record& rec, record_position pos, checkpoint_tracker::txn_id txn,
@@ -820,7 +1016,21 @@ void relay_session::park(topic_state& t, const record& rec, record_position pos,
 void relay_session::request_scan(const std::string& topic, topic_state& t) {
     t.state = topic_state::st::scanning;
     t.scan_id = ++next_scan_;
+    // Until the producer has fenced its predecessors, a predecessor's open
+    // transaction holds the topic's readable end back: scan afterwards.
+    if (txn_ == txn_state::uninitialized || txn_ == txn_state::initializing) {
+        deferred_scans_.push_back(topic);
+        return;
+    }
     cmds_.emplace_back(cmd::scan_topic{t.scan_id, topic, scan_from_, source_});
+}
+
+void relay_session::begin_scans() {
+    for (const std::string& topic : std::exchange(deferred_scans_, {})) {
+        auto it = topics_.find(topic);
+        if (it == topics_.end() || it->second.state != topic_state::st::scanning) continue;
+        cmds_.emplace_back(cmd::scan_topic{it->second.scan_id, topic, scan_from_, source_});
+    }
 }
 
 void relay_session::on_scan_done(std::uint64_t scan_id, scan_outcome outcome, event_time now) {
@@ -951,7 +1161,11 @@ void relay_session::on_delivery(record_tag tag, const delivery& d, event_time no
             metrics_.records_acked.inc();
             fatal_in_a_row_ = 0;
             producer_backoff_ = milliseconds{0};
-            if (tracker_.ack(txn)) confirmed_moved(now);
+            // In a Kafka transaction a record counts once the transaction commits.
+            if (txn_ != txn_state::off)
+                txn_acked_.push_back(txn);
+            else if (tracker_.ack(txn))
+                confirmed_moved(now);
             update_backpressure();
             maybe_finish_drain(now);
             maybe_reconnect(now);
@@ -969,6 +1183,15 @@ void relay_session::on_delivery(record_tag tag, const delivery& d, event_time no
             }
             auto pos = position_of(d.rec);
             const bool is_dead_letter = !cfg_.dead_letter_topic.empty() && d.topic == cfg_.dead_letter_topic;
+            // A broker refused a record of an open Kafka transaction: the
+            // transaction must be aborted. Remember the record, start over
+            // from the confirmed position, and send it to the dead-letter
+            // topic when it comes again.
+            if (txn_ != txn_state::off && !d.local && pos && !cfg_.dead_letter_topic.empty() && !is_dead_letter) {
+                poison_[*pos] = poison{std::string(refusal_reason(d.why)), std::string(d.error), std::string(d.topic)};
+                restart_producer("a record of the Kafka transaction was refused: " + std::string(d.error), now);
+                return;
+            }
             if (!cfg_.dead_letter_topic.empty() && pos && !is_dead_letter) {
                 dead_letter(d.rec, *pos, refusal_reason(d.why), std::string(d.error), d.topic, txn);
                 return;
@@ -1012,8 +1235,8 @@ void relay_session::on_delivery(record_tag tag, const delivery& d, event_time no
 // ---------------------------------------------------------------- flow control
 
 void relay_session::update_backpressure() {
-    const std::size_t records = in_flight_records_ + parked_records_;
-    const std::size_t bytes = in_flight_bytes_ + parked_bytes_;
+    const std::size_t records = in_flight_records_ + parked_records_ + txn_wait_.size();
+    const std::size_t bytes = in_flight_bytes_ + parked_bytes_ + txn_wait_bytes_;
     const bool over = records >= cfg_.max_inflight_records || bytes >= cfg_.max_inflight_bytes;
     // Resume only below 90% so that reading does not flap on every report.
     const bool under = records <= cfg_.max_inflight_records / 10 * 9 && bytes <= cfg_.max_inflight_bytes / 10 * 9;
@@ -1026,7 +1249,7 @@ void relay_session::update_backpressure() {
     }
     metrics_.inflight_records.set(static_cast<double>(records));
     metrics_.inflight_bytes.set(static_cast<double>(bytes));
-    metrics_.parked_records.set(static_cast<double>(parked_records_));
+    metrics_.parked_records.set(static_cast<double>(parked_records_ + txn_wait_.size()));
     metrics_.pending_txns.set(static_cast<double>(tracker_.pending_txns()));
 }
 

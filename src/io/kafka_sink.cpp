@@ -1,13 +1,17 @@
 // Idempotent librdkafka producer served on the Asio loop thread.
 //
-// How reports reach the loop: librdkafka writes one byte into a pipe whenever
-// an op (delivery report, error) is enqueued on the previously empty main
+// How reports reach the loop: delivery reports and errors are events
+// (rd_kafka_conf_set_events) on the main queue. librdkafka writes one byte
+// into a pipe whenever an event is enqueued on the previously empty main
 // queue (rd_kafka_queue_io_event_enable). The loop waits on the pipe's read
-// end, drains it completely, re-arms the wait and only then calls
-// rd_kafka_poll(rk, 0), which serves every op queued so far. An op enqueued
-// after that poll found the queue empty makes the queue non-empty again and
+// end, drains it completely, re-arms the wait and only then polls the queue
+// until it is empty. An event enqueued after that finds the queue empty and
 // therefore writes a new byte: no wake-up is lost. A byte that arrives for an
-// op already served costs one empty poll.
+// event already served costs one empty poll.
+//
+// Events rather than callbacks because of transactions: the commit runs on a
+// worker thread and flushes; in event mode the flush only waits for the
+// loop to serve the reports, instead of serving them (on the wrong thread).
 #include "outbox_relay/io/kafka_sink.hpp"
 
 #include "outbox_relay/config.hpp"
@@ -22,6 +26,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -195,14 +203,100 @@ struct kafka_sink::impl {
     std::exception_ptr pending_exception;
     std::unordered_map<int, warn_state> warns;
 
+    // Transactions: calls that block on the brokers run on this thread, one
+    // at a time; their outcome is posted to the loop.
+    bool transactional = false;
+    std::thread txn_thread;
+    std::mutex txn_mu;
+    std::condition_variable txn_cv;
+    std::deque<std::function<void()>> txn_jobs;
+    bool txn_stop = false;
+    std::atomic<bool> txn_idle{true};
+
+    void txn_work() {
+        for (;;) {
+            std::function<void()> job;
+            {
+                std::unique_lock<std::mutex> lock(txn_mu);
+                txn_cv.wait(lock, [&] { return txn_stop || !txn_jobs.empty(); });
+                if (txn_jobs.empty()) return;  // stopping, nothing left
+                job = std::move(txn_jobs.front());
+                txn_jobs.pop_front();
+                txn_idle = false;
+            }
+            job();
+            txn_idle = true;
+        }
+    }
+
+    // Runs `call` (returning a librdkafka error object or null) on the
+    // worker and posts its outcome to the loop.
+    void txn_job(std::function<rd_kafka_error_t*()> call, txn_done done, const char* what) {
+        if (!transactional) {
+            // A programming error, made loud rather than a silent stall.
+            boost::asio::post(ioc, [w = std::weak_ptr<int>(alive), done, what] {
+                if (w.expired()) return;
+                txn_result r;
+                r.status = txn_result::kind::fatal;
+                r.message = fmt::format("{}: the producer has no transactional.id", what);
+                done(std::move(r));
+            });
+            return;
+        }
+        std::lock_guard<std::mutex> lock(txn_mu);
+        if (txn_stop) return;
+        txn_jobs.push_back([this, call = std::move(call), done = std::move(done), what] {
+            rd_kafka_error_t* e = call();
+            txn_result r;
+            if (e) {
+                r.message = fmt::format("{}: {}: {}", what, rd_kafka_error_name(e), rd_kafka_error_string(e));
+                const auto code = rd_kafka_error_code(e);
+                r.fenced = code == RD_KAFKA_RESP_ERR__FENCED || code == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
+                           code == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH;
+                r.status = rd_kafka_error_is_fatal(e)              ? txn_result::kind::fatal
+                           : rd_kafka_error_txn_requires_abort(e) ? txn_result::kind::abortable
+                           : rd_kafka_error_is_retriable(e)        ? txn_result::kind::retriable
+                                                                   : txn_result::kind::fatal;
+                if (r.fenced) r.status = txn_result::kind::fatal;
+                rd_kafka_error_destroy(e);
+            }
+            boost::asio::post(ioc, [w = std::weak_ptr<int>(alive), this, done, r = std::move(r)]() mutable {
+                if (w.expired() || discard_reports) return;
+                done(std::move(r));
+            });
+        });
+        txn_cv.notify_one();
+    }
+
     impl(kafka_sink& s, boost::asio::io_context& io, report_handler r, fatal_handler f)
         : self(s), ioc(io), on_report(std::move(r)), on_fatal(std::move(f)), wake_read(io) {}
 
-    static void dr_cb(rd_kafka_t*, const rd_kafka_message_t* m, void* opaque) {
-        static_cast<impl*>(opaque)->on_delivery(const_cast<rd_kafka_message_t*>(m));
+    // Serves one event of the main queue (loop thread).
+    void on_event(rd_kafka_event_t* ev) {
+        switch (rd_kafka_event_type(ev)) {
+        case RD_KAFKA_EVENT_DR: {
+            while (const rd_kafka_message_t* m = rd_kafka_event_message_next(ev))
+                on_delivery(const_cast<rd_kafka_message_t*>(m));
+            break;
+        }
+        case RD_KAFKA_EVENT_ERROR:
+            // As an event, a fatal error carries its own code and the fatal
+            // flag (as a callback it would be __FATAL).
+            on_error(rd_kafka_event_error_is_fatal(ev) ? RD_KAFKA_RESP_ERR__FATAL : rd_kafka_event_error(ev),
+                     rd_kafka_event_error_string(ev));
+            break;
+        default:
+            break;
+        }
     }
-    static void error_cb(rd_kafka_t*, int err, const char* reason, void* opaque) {
-        static_cast<impl*>(opaque)->on_error(static_cast<rd_kafka_resp_err_t>(err), reason);
+
+    // Polls the main queue until it is empty; `wait_ms` for the first event.
+    void poll_events(int wait_ms) {
+        while (rd_kafka_event_t* ev = rd_kafka_queue_poll(main_q, wait_ms)) {
+            on_event(ev);
+            rd_kafka_event_destroy(ev);
+            wait_ms = 0;
+        }
     }
 
     void on_delivery(rd_kafka_message_t* m) {
@@ -355,7 +449,7 @@ struct kafka_sink::impl {
     }
 
     void serve() {
-        rd_kafka_poll(rk, 0);
+        poll_events(0);
         deliver_synth();
         rethrow_pending();
     }
@@ -408,10 +502,18 @@ kafka_sink::kafka_sink(boost::asio::io_context& ioc, const sink_config& cfg, rep
         set_prop(conf.get(), "queue.buffering.max.messages", std::to_string(cfg.queue_max_messages));
     if (cfg.queue_max_kbytes > 0)
         set_prop(conf.get(), "queue.buffering.max.kbytes", std::to_string(cfg.queue_max_kbytes));
+    if (!cfg.transactional_id.empty()) {
+        set_prop(conf.get(), "transactional.id", cfg.transactional_id);
+        // A commit waits for every record of the transaction; a large
+        // Postgres transaction (a million rows) must fit, and a relay paused
+        // while a standby takes over is fenced well before this anyway.
+        if (!cfg.properties.contains("transaction.timeout.ms"))
+            set_prop(conf.get(), "transaction.timeout.ms", "300000");
+        impl_->transactional = true;
+    }
 
     rd_kafka_conf_set_opaque(conf.get(), impl_.get());
-    rd_kafka_conf_set_dr_msg_cb(conf.get(), &impl::dr_cb);
-    rd_kafka_conf_set_error_cb(conf.get(), &impl::error_cb);
+    rd_kafka_conf_set_events(conf.get(), RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR);
     rd_kafka_conf_set_log_cb(conf.get(), &log_cb);
 
     int fds[2];
@@ -431,21 +533,36 @@ kafka_sink::kafka_sink(boost::asio::io_context& ioc, const sink_config& cfg, rep
     impl_->main_q = rd_kafka_queue_get_main(rk);
     rd_kafka_queue_io_event_enable(impl_->main_q, impl_->wake_write_fd, "1", 1);
     // Anything enqueued before the io event was enabled wrote no byte: serve it now.
-    rd_kafka_poll(rk, 0);
+    impl_->poll_events(0);
     impl_->arm();
-    log::info(mod, "event=producer_created brokers={} client_id={}", log::quote(cfg.brokers),
-              log::quote(cfg.client_id));
+    if (impl_->transactional) impl_->txn_thread = std::thread([d = impl_.get()] { d->txn_work(); });
+    log::info(mod, "event=producer_created brokers={} client_id={} transactional_id={}", log::quote(cfg.brokers),
+              log::quote(cfg.client_id), log::quote(cfg.transactional_id));
 }
 
 kafka_sink::~kafka_sink() {
     auto& d = *impl_;
     d.discard_reports = true;
+    if (d.txn_thread.joinable()) {
+        {
+            std::lock_guard<std::mutex> lock(d.txn_mu);
+            d.txn_stop = true;
+            d.txn_jobs.clear();
+        }
+        d.txn_cv.notify_all();
+        // A commit in progress flushes: it waits for the loop (us) to serve
+        // the delivery reports. Serve them until it returns (bounded by the
+        // 5 s per call below), then join.
+        rd_kafka_purge(d.rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        while (!d.txn_idle.load()) d.poll_events(20);
+        d.txn_thread.join();
+    }
     // Purged records get __PURGE_QUEUE / __PURGE_INFLIGHT reports, which are
     // served below but reach nobody: nothing may be confirmed for them.
     rd_kafka_purge(d.rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
     std::size_t waiting = in_flight_ - std::min(in_flight_, d.synth.size());
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    while (in_flight_ > d.synth.size() && std::chrono::steady_clock::now() < deadline) rd_kafka_poll(d.rk, 100);
+    while (in_flight_ > d.synth.size() && std::chrono::steady_clock::now() < deadline) d.poll_events(100);
     if (in_flight_ > d.synth.size())
         log::warn(mod, "event=destroy_reports_missing left={}", in_flight_ - d.synth.size());
     log::info(mod, "event=producer_destroyed purged={} unreported_failures={}", waiting, d.synth.size());
@@ -529,15 +646,51 @@ bool kafka_sink::flush(std::chrono::milliseconds timeout) {
         // Rounded up, so the loop never gives up while part of a millisecond is left.
         auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
         if (left.count() <= 0) return false;
-        rd_kafka_poll(d.rk, static_cast<int>(std::min<std::int64_t>(left.count(), 100)));
+        d.poll_events(static_cast<int>(std::min<std::int64_t>(left.count(), 100)));
         d.rethrow_pending();
     }
 }
 
 void* kafka_sink::native_handle() const noexcept { return impl_->rk; }
 
+bool kafka_sink::transactional() const noexcept { return impl_->transactional; }
+
+// Each call blocks at most this long on the worker; a retriable timeout is
+// resumed by calling again (librdkafka keeps the operation going).
+constexpr int txn_call_ms = 5000;
+
+void kafka_sink::init_transactions(txn_done done) {
+    rd_kafka_t* rk = impl_->rk;
+    impl_->txn_job([rk] { return rd_kafka_init_transactions(rk, txn_call_ms); }, std::move(done), "init_transactions");
+}
+
+std::string kafka_sink::begin_transaction() {
+    rd_kafka_error_t* e = rd_kafka_begin_transaction(impl_->rk);
+    if (!e) return {};
+    std::string why = fmt::format("begin_transaction: {}: {}", rd_kafka_error_name(e), rd_kafka_error_string(e));
+    rd_kafka_error_destroy(e);
+    return why;
+}
+
+void kafka_sink::commit_transaction(txn_done done) {
+    rd_kafka_t* rk = impl_->rk;
+    impl_->txn_job([rk] { return rd_kafka_commit_transaction(rk, txn_call_ms); }, std::move(done),
+                   "commit_transaction");
+}
+
+void kafka_sink::abort_transaction(txn_done done) {
+    rd_kafka_t* rk = impl_->rk;
+    impl_->txn_job([rk] { return rd_kafka_abort_transaction(rk, txn_call_ms); }, std::move(done),
+                   "abort_transaction");
+}
+
 outbox::producer_fault classify_fatal(int rd_kafka_err) noexcept {
     switch (static_cast<rd_kafka_resp_err_t>(rd_kafka_err)) {
+    // Another producer initialised our transactional.id: it took over.
+    case RD_KAFKA_RESP_ERR__FENCED:
+    case RD_KAFKA_RESP_ERR_PRODUCER_FENCED:
+    case RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH:
+        return outbox::producer_fault::fenced;
     // Authorisation and features: a new producer asks the same cluster the
     // same question and gets the same answer.
     case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:

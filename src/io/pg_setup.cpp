@@ -291,9 +291,31 @@ setup_result prepare_postgres(const relay_config& cfg) {
         }
     }
 
-    log::info(mod, "event=ready slot={} publication={} table={}", log::quote(cfg.slot), log::quote(cfg.publication),
-              log::quote(table_text));
+    // --- identity of the cluster (for the Kafka transactional.id): over a
+    // replication connection, which the relay's role may open anyway.
+    std::string system_id;
+    {
+        const char* rkeys[] = {"dbname", "replication", "application_name", nullptr};
+        const char* rvals[] = {cfg.postgres.c_str(), "database", "outbox-relay-setup", nullptr};
+        conn_ptr rc(PQconnectdbParams(rkeys, rvals, /*expand_dbname=*/1));
+        if (!rc || PQstatus(rc.get()) != CONNECTION_OK)
+            return failed(exit_code::privileges,
+                          "cannot open a replication connection: " +
+                              (rc ? one_line(PQerrorMessage(rc.get())) : std::string("out of memory")) +
+                              " (the role needs REPLICATION, and pg_hba.conf must allow it for database " +
+                              PQdb(conn.get()) + ")");
+        result_ptr r(PQexec(rc.get(), "IDENTIFY_SYSTEM"));
+        if (!r || PQresultStatus(r.get()) != PGRES_TUPLES_OK || PQntuples(r.get()) != 1)
+            return failed(exit_code::pg_connect,
+                          "IDENTIFY_SYSTEM failed: " + (r ? one_line(PQresultErrorMessage(r.get())) : std::string()));
+        system_id = PQgetvalue(r.get(), 0, 0);
+    }
+
+    log::info(mod, "event=ready slot={} publication={} table={} system_id={}", log::quote(cfg.slot),
+              log::quote(cfg.publication), log::quote(table_text), system_id);
     setup_result ok;
+    ok.system_id = system_id;
+    ok.database = PQdb(conn.get());
     ok.slot_created = slot_created;
     ok.table_oid = static_cast<std::uint32_t>(std::stoul(relid));
     ok.partitioned = partitioned;

@@ -133,6 +133,11 @@ struct relay::impl {
             session_.on_copy_data(frame, now());
             execute();
         };
+        h.on_idle = [this, gen] {
+            if (gen != stream_gen_) return;
+            session_.on_stream_idle(now());
+            execute();
+        };
         // Posted: the stream may report its end from inside send_status.
         h.on_closed = [this, gen](const stream_error& e) {
             boost::asio::post(ioc_, [this, gen, kind = e.kind, msg = e.message, sqlstate = e.sqlstate] {
@@ -229,6 +234,45 @@ struct relay::impl {
                        });
     }
 
+    // Transactions: init and commit block on the brokers, so the sink runs
+    // them on its worker; the outcome comes back as an event.
+    void txn_call(txn_op op, void (kafka_sink::*call)(kafka_sink::txn_done)) {
+        if (!sink_) return;
+        (sink_.get()->*call)([this, op](txn_result r) {
+            if (stopped_) return;
+            session_.on_txn_done(op, to_outcome(r), now());
+            execute();
+        });
+    }
+    static txn_outcome to_outcome(const txn_result& r) {
+        txn_outcome o;
+        o.fenced = r.fenced;
+        o.message = r.message;
+        switch (r.status) {
+            case txn_result::kind::ok: o.status = txn_outcome::kind::ok; break;
+            case txn_result::kind::retriable: o.status = txn_outcome::kind::retriable; break;
+            case txn_result::kind::abortable: o.status = txn_outcome::kind::abortable; break;
+            case txn_result::kind::fatal: o.status = txn_outcome::kind::fatal; break;
+        }
+        return o;
+    }
+    void run(cmd::init_txn&) { txn_call(txn_op::init, &kafka_sink::init_transactions); }
+    void run(cmd::commit_txn&) { txn_call(txn_op::commit, &kafka_sink::commit_transaction); }
+    void run(cmd::begin_txn&) {
+        if (!sink_) return;
+        std::string why = sink_->begin_transaction();
+        if (why.empty()) return;
+        // Posted: the session is not re-entered while its commands run.
+        boost::asio::post(ioc_, [this, why = std::move(why)] {
+            if (stopped_) return;
+            txn_outcome o;
+            o.status = txn_outcome::kind::fatal;
+            o.message = why;
+            session_.on_txn_done(txn_op::begin, o, now());
+            execute();
+        });
+    }
+
     void run(cmd::recreate_producer& c) {
         sink_.reset();
         try {
@@ -272,6 +316,7 @@ struct relay::impl {
         sc.properties = cfg_.kafka;
         // The session shrinks batches a broker refused as too large for a topic.
         if (batch_size > 0) sc.properties["batch.size"] = std::to_string(batch_size);
+        if (session_.transactional()) sc.transactional_id = transactional_id_;
         // librdkafka's own queue holds more than the session lets be in
         // flight, so backpressure is the session's (stop reading) and
         // librdkafka never refuses a record as queue-full first.
@@ -328,6 +373,7 @@ struct relay::impl {
     relay_config cfg_;
     relay_session session_;
     std::vector<command> batch_;
+    std::string transactional_id_;
     std::unique_ptr<kafka_sink> sink_;
     std::unique_ptr<replication_stream> stream_;
     std::uint64_t stream_gen_ = 0;
@@ -356,6 +402,7 @@ relay::relay(boost::asio::io_context& ioc, relay_config cfg) : impl_(std::make_u
 relay::~relay() = default;
 void relay::start() { impl_->start(); }
 void relay::set_slot_created(bool created) { impl_->session_.set_slot_created(created); }
+void relay::set_transactional_id(std::string id) { impl_->transactional_id_ = std::move(id); }
 void relay::shutdown() { impl_->shutdown(); }
 int relay::exit_code() const noexcept { return impl_->exit_code_; }
 bool relay::stopped() const noexcept { return impl_->stopped_ && !impl_->sink_; }

@@ -392,10 +392,14 @@ struct replication_stream::impl : std::enable_shared_from_this<impl> {
     // complete frame, reading is paused, or the stream left `streaming`.
     void drain_copy() {
         auto self = shared_from_this();  // a handler may destroy the owner
+        bool delivered = false;
         while (state_ == state::streaming && !paused_) {
             char* raw = nullptr;
             int n = PQgetCopyData(conn_, &raw, /*async=*/1);
-            if (n == 0) return;  // need more input: the caller re-arms
+            if (n == 0) {  // need more input: the caller re-arms
+                if (delivered && handlers_.on_idle) handlers_.on_idle();
+                return;
+            }
             if (n == -1) {
                 // The server ended the copy: the result says why.
                 result_ptr res(PQgetResult(conn_));
@@ -414,6 +418,7 @@ struct replication_stream::impl : std::enable_shared_from_this<impl> {
             // Parsing is the caller's (the relay session's): it sees every
             // byte, including a malformed frame, and says what is wrong.
             if (handlers_.on_copy_data) handlers_.on_copy_data(std::string_view(raw, static_cast<std::size_t>(n)));
+            delivered = true;
             // The handler may have paused, stopped or destroyed the stream;
             // the loop condition re-checks (self keeps *this alive).
         }

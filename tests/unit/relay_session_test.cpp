@@ -46,8 +46,12 @@ struct driver {
     std::optional<cmd::stop> stopped;
     int closes = 0, stop_streams = 0, pauses = 0, resumes = 0, recreates = 0;
 
-    explicit driver(delivery_mode mode = delivery_mode::at_least_once, std::string dead_letter_topic = "") {
+    // Kafka transactions are off unless a test turns them on: most cases are
+    // about the rules under them (the txn cases below are about transactions).
+    explicit driver(delivery_mode mode = delivery_mode::at_least_once, std::string dead_letter_topic = "",
+                    bool transactions = false) {
         cfg.dead_letter_topic = std::move(dead_letter_topic);
+        cfg.kafka_transactions = transactions;
         cfg.postgres = "host=x";
         cfg.brokers = "k:1";
         cfg.delivery = mode;
@@ -94,6 +98,12 @@ struct driver {
                     } else if constexpr (std::is_same_v<T, cmd::resume_reading>) {
                         ++resumes;
                         kinds.push_back("resume");
+                    } else if constexpr (std::is_same_v<T, cmd::init_txn>) {
+                        kinds.push_back("init_txn");
+                    } else if constexpr (std::is_same_v<T, cmd::begin_txn>) {
+                        kinds.push_back("begin_txn");
+                    } else if constexpr (std::is_same_v<T, cmd::commit_txn>) {
+                        kinds.push_back("commit_txn");
                     } else if constexpr (std::is_same_v<T, cmd::recreate_producer>) {
                         ++recreates;
                         kinds.push_back("recreate_producer");
@@ -169,6 +179,16 @@ struct driver {
         for (std::size_t i = acked_; i < out.size(); ++i) deliver(out[i].tag);
         acked_ = out.size();
     }
+    void txn_done(txn_op op, txn_outcome::kind k = txn_outcome::kind::ok, bool fenced = false,
+                  std::string msg = "") {
+        txn_outcome o;
+        o.status = k;
+        o.fenced = fenced;
+        o.message = std::move(msg);
+        session().on_txn_done(op, o, now());
+        drain();
+    }
+    void idle() { session().on_stream_idle(now()), drain(); }
     void scan_ok(const cmd::scan_topic& sc, std::vector<record_position> present = {}) {
         scan_outcome o;
         for (const auto& p : present) o.present.insert(p);
@@ -1179,6 +1199,216 @@ TEST_CASE("dead_letter_topic_refusing_for_good_exits_21") {
     REQUIRE(d.stopped);
     CHECK(d.stopped->code == exit_code::record_rejected);
     CHECK(d.stopped->reason.find("dead-letter topic refused") != std::string::npos);
+}
+
+}  // TEST_SUITE
+
+TEST_SUITE("relay_session_kafka_transactions") {
+
+TEST_CASE("a_standby_fences_only_once_it_holds_the_slot") {
+    driver d(delivery_mode::exactly_once, "", true);
+    d.start();
+    d.closed(stream_end::slot_busy);  // waiting as a standby
+    d.advance(1s);
+    CHECK(d.count("init_txn") == 0);   // never fences the relay it stands by for
+    d.started();
+    CHECK(d.count("init_txn") == 1);
+}
+
+TEST_CASE("scans_wait_until_the_producer_has_fenced_its_predecessors") {
+    driver d(delivery_mode::exactly_once, "", true);
+    d.streaming();
+    d.txn(0x1000, 1);
+    CHECK(d.scans.empty());  // a predecessor's open transaction would hold the topic's end back
+    d.txn_done(txn_op::init);
+    REQUIRE(d.scans.size() == 1);
+    d.scan_ok(d.scans[0]);
+    REQUIRE(d.out.size() == 1);
+    CHECK(d.count("begin_txn") == 1);
+    const auto begin_at = std::find(d.kinds.begin(), d.kinds.end(), "begin_txn");
+    const auto produce_at = std::find(d.kinds.begin(), d.kinds.end(), "produce");
+    CHECK(begin_at < produce_at);
+}
+
+TEST_CASE("records_are_confirmed_only_once_their_kafka_transaction_commits") {
+    driver d(delivery_mode::exactly_once, "", true);
+    d.streaming();
+    d.txn_done(txn_op::init);
+    d.txn(0x1000, 2);
+    d.scan_ok(d.scans[0]);
+    d.ack_all();  // delivered, not committed
+    d.advance(60ms);
+    CHECK(d.last_flush() == lsn{0x100});
+    d.idle();  // the WAL is idle: commit now
+    REQUIRE(d.count("commit_txn") == 1);
+    d.advance(60ms);
+    CHECK(d.last_flush() == lsn{0x100});
+    d.txn_done(txn_op::commit);
+    d.advance(60ms);
+    CHECK(d.last_flush() == lsn{0x1028});
+    CHECK(d.session().metrics().kafka_txn_commits.value() == 1);
+}
+
+TEST_CASE("a_commit_never_splits_a_postgres_transaction") {
+    driver d(delivery_mode::exactly_once, "", true);
+    d.streaming();
+    d.txn_done(txn_op::init);
+    d.txn(0x1000, 1);
+    d.scan_ok(d.scans[0]);
+    d.begin(0x2000);
+    d.row(0x2001, "e-a");
+    d.idle();
+    d.advance(200ms);  // past kafka-txn-max-ms too
+    CHECK(d.count("commit_txn") == 0);  // 0x2000 is half in it
+    d.row(0x2002, "e-b");
+    d.commit(0x2000, 0x2028);
+    d.idle();
+    CHECK(d.count("commit_txn") == 1);
+}
+
+TEST_CASE("records_while_a_commit_runs_wait_for_the_next_transaction_in_order") {
+    driver d(delivery_mode::exactly_once, "", true);
+    d.streaming();
+    d.txn_done(txn_op::init);
+    d.txn(0x1000, 1);
+    d.scan_ok(d.scans[0]);
+    d.idle();
+    REQUIRE(d.count("commit_txn") == 1);
+    d.txn(0x2000, 2);
+    d.txn(0x3000, 1);
+    CHECK(d.out.size() == 1);  // waiting
+    CHECK(d.session().parked_records() == 3);
+    d.ack(0);
+    d.txn_done(txn_op::commit);
+    REQUIRE(d.out.size() == 4);
+    CHECK(d.out[1].headers.at("outbox-relay.commit-lsn") == "0/2000");
+    CHECK(d.out[3].headers.at("outbox-relay.commit-lsn") == "0/3000");
+    CHECK(d.count("begin_txn") == 2);
+}
+
+TEST_CASE("under_load_a_transaction_commits_after_kafka_txn_max_ms") {
+    driver d(delivery_mode::exactly_once, "", true);
+    d.cfg.kafka_txn_max = 100ms;
+    d.streaming();
+    d.txn_done(txn_op::init);
+    d.txn(0x1000, 1);
+    d.scan_ok(d.scans[0]);
+    CHECK(d.session().next_deadline() - d.t <= std::chrono::steady_clock::duration(100ms));
+    d.advance(99ms);
+    CHECK(d.count("commit_txn") == 0);
+    d.advance(1ms);
+    CHECK(d.count("commit_txn") == 1);
+}
+
+TEST_CASE("fenced_by_a_standby_exits_27") {
+    driver d(delivery_mode::exactly_once, "", true);
+    d.streaming();
+    d.txn_done(txn_op::init);
+    d.txn(0x1000, 1);
+    d.scan_ok(d.scans[0]);
+    d.ack_all();
+    d.idle();
+    d.txn_done(txn_op::commit, txn_outcome::kind::fatal, true, "commit_transaction: PRODUCER_FENCED");
+    d.stream_stopped();
+    REQUIRE(d.stopped);
+    CHECK(d.stopped->code == exit_code::fenced);
+    CHECK(d.stopped->reason.find("fenced") != std::string::npos);
+    CHECK(d.last_flush() == lsn{0x100});  // its uncommitted records are never confirmed
+}
+
+TEST_CASE("fenced_producer_error_exits_27") {
+    driver d(delivery_mode::exactly_once, "", true);
+    d.streaming();
+    d.fatal(producer_fault::fenced, "__FENCED: producer fenced");
+    d.stream_stopped();
+    REQUIRE(d.stopped);
+    CHECK(d.stopped->code == exit_code::fenced);
+}
+
+TEST_CASE("an_abortable_commit_resends_from_the_confirmed_position") {
+    driver d(delivery_mode::exactly_once, "", true);
+    d.streaming();
+    d.txn_done(txn_op::init);
+    d.txn(0x1000, 1);
+    d.scan_ok(d.scans[0]);
+    d.ack_all();
+    d.idle();
+    d.txn_done(txn_op::commit, txn_outcome::kind::abortable, false, "commit_transaction: abortable");
+    CHECK(d.closes == 1);
+    d.advance(200ms);
+    CHECK(d.recreates == 1);
+    REQUIRE(d.starts.size() == 2);
+    CHECK(d.starts[1] == lsn{0x100});
+    d.started();
+    CHECK(d.count("init_txn") == 2);  // the new producer fences (aborts) the old transaction
+}
+
+TEST_CASE("a_refused_record_in_a_transaction_is_a_dead_letter_after_the_abort") {
+    driver d(delivery_mode::exactly_once, "outbox.dlq", true);
+    d.streaming();
+    d.txn_done(txn_op::init);
+    d.txn(0x1000, 2);
+    d.scan_ok(d.scans[0]);
+    REQUIRE(d.out.size() == 2);
+    std::vector<header> hs;
+    for (const auto& [k, v] : d.out[1].headers) hs.push_back({k, v});
+    delivery dv;
+    dv.status = delivery_status::permanent;
+    dv.why = refusal::topic_authorization;
+    dv.error = "Broker: Topic authorization failed";
+    dv.topic = d.out[1].topic;
+    dv.rec.topic = d.out[1].topic;
+    dv.rec.headers = hs;
+    d.session().on_delivery(d.out[1].tag, dv, d.now());
+    d.drain();
+    CHECK(d.closes == 1);  // the transaction is doomed: start over
+    d.advance(200ms);
+    d.started();
+    d.relation();
+    d.txn_done(txn_op::init);
+    d.txn(0x1000, 2);  // the replay
+    // the first row's topic and the dead-letter topic are scanned
+    for (const auto& sc : std::vector<cmd::scan_topic>(d.scans.begin() + 1, d.scans.end())) d.scan_ok(sc);
+    REQUIRE(d.out.size() == 4);
+    CHECK(d.out[2].topic == d.out[0].topic);
+    CHECK(d.out[3].topic == "outbox.dlq");
+    CHECK(d.out[3].headers.at("outbox-relay.dlq.reason") == "topic_authorization");
+    CHECK(d.out[3].headers.at("outbox-relay.seq") == "1");
+}
+
+TEST_CASE("shutdown_commits_the_open_transaction_then_confirms") {
+    driver d(delivery_mode::exactly_once, "", true);
+    d.streaming();
+    d.txn_done(txn_op::init);
+    d.txn(0x1000, 1);
+    d.scan_ok(d.scans[0]);
+    d.ack_all();
+    d.shutdown();
+    REQUIRE(d.count("commit_txn") == 1);
+    CHECK(d.stop_streams == 0);
+    d.txn_done(txn_op::commit);
+    REQUIRE(d.stop_streams == 1);
+    CHECK(d.last_flush() == lsn{0x1028});
+}
+
+TEST_CASE("stream_lost_with_a_transaction_open_restarts_the_producer_without_counting_a_fault") {
+    driver d(delivery_mode::exactly_once, "", true);
+    d.cfg.producer_restart_limit = 1;
+    d.streaming();
+    d.txn_done(txn_op::init);
+    for (int round = 0; round < 3; ++round) {
+        d.txn(0x1000, 1);
+        if (round == 0) d.scan_ok(d.scans[0]);
+        else d.scan_ok(d.scans.back());
+        d.closed(stream_end::connection_lost);
+        CHECK_FALSE(d.stopped);
+        d.advance(std::chrono::duration_cast<milliseconds>(d.session().next_deadline() - d.t));
+        d.started();
+        d.relation();
+        d.txn_done(txn_op::init);
+    }
+    CHECK(d.recreates == 3);
+    CHECK_FALSE(d.stopped);
 }
 
 }  // TEST_SUITE

@@ -52,6 +52,21 @@ struct sink_config {
     // limits so that librdkafka never refuses a record first.
     std::size_t queue_max_messages = 0;
     std::size_t queue_max_kbytes = 0;
+    // Non-empty: a transactional producer with this transactional.id (the
+    // transaction methods below); empty: the idempotent producer only.
+    std::string transactional_id;
+};
+
+// The outcome of a transaction call, on the loop thread.
+struct txn_result {
+    enum class kind {
+        ok,
+        retriable,  // timed out or not yet possible: call again later (commit resumes)
+        abortable,  // the transaction must be aborted (a record failed in it)
+        fatal,      // the producer is done (fenced, authorisation, ...)
+    } status = kind::ok;
+    bool fenced = false;  // another producer with the same transactional.id took over
+    std::string message;
 };
 
 class kafka_sink {
@@ -107,6 +122,18 @@ public:
     std::size_t bytes_in_flight() const noexcept { return bytes_in_flight_; }
     bool failed() const noexcept { return failed_; }
 
+    // Transactions (transactional_id set). init/commit/abort run on the
+    // sink's own worker thread (they block on the brokers) and `done` runs on
+    // the loop afterwards, never after the sink is destroyed. One at a time;
+    // no produce() while a commit or abort runs. begin_transaction is local
+    // and returns at once (empty string: ok, else why not).
+    using txn_done = std::function<void(txn_result)>;
+    void init_transactions(txn_done done);
+    std::string begin_transaction();
+    void commit_transaction(txn_done done);
+    void abort_transaction(txn_done done);
+    bool transactional() const noexcept;
+
     // The librdkafka handle, for tests.
     void* native_handle() const noexcept;
 
@@ -121,7 +148,8 @@ private:
 
 // Whether a fatal producer error (rd_kafka_fatal_error's code, an
 // rd_kafka_resp_err_t) can be healed by a new producer. Authorisation,
-// unsupported features and configuration errors cannot.
+// unsupported features and configuration errors cannot; a fenced producer
+// (another one took over its transactional.id) is producer_fault::fenced.
 outbox::producer_fault classify_fatal(int rd_kafka_err) noexcept;
 
 }  // namespace outbox::io

@@ -19,6 +19,8 @@ struct setup_result {
     bool slot_created = false;  // the slot did not exist and was created now
     std::uint32_t table_oid = 0;  // the outbox table's OID (the root of a partitioned one)
     bool partitioned = false;
+    std::string system_id;        // IDENTIFY_SYSTEM systemid of the cluster
+    std::string database;         // the database the outbox lives in
 };
 
 // Checks wal_level, rights, table and columns; creates the publication

@@ -41,6 +41,12 @@ public:
     // relay_session::set_slot_created).
     void set_slot_created(bool created);
 
+    // Before start(): the transactional.id of this source's producer (used
+    // with kafka-transactions in exactly-once mode): one per cluster,
+    // database and slot, so a standby of the same slot fences a paused
+    // predecessor.
+    void set_transactional_id(std::string id);
+
     // Creates the producer and the metrics endpoint and starts streaming.
     // Throws start_error.
     void start();

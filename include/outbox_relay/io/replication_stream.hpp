@@ -57,6 +57,9 @@ struct stream_handlers {
     // One CopyData message from the server ('w' XLogData or 'k' keepalive,
     // see walsender.hpp), unparsed; `frame` is valid only during the call.
     std::function<void(std::string_view frame)> on_copy_data;
+    // Every complete frame the socket had has been handed over (called after
+    // a read that delivered at least one): a quiet moment, e.g. to commit.
+    std::function<void()> on_idle;
     // The stream ended (error or server closed). Called once; no other handler
     // runs afterwards.
     std::function<void(const stream_error& e)> on_closed;
