@@ -872,35 +872,58 @@ def callgrind_cost(ctx, sizes):
     return res
 
 
+def child_running(parent_pid, exe):
+    """The pid of `parent_pid`'s child running the binary `exe`, or None."""
+    for pid in children_of(parent_pid):
+        try:
+            if os.path.realpath(os.readlink(f"/proc/{pid}/exe")) == os.path.realpath(exe):
+                return pid
+        except OSError:
+            continue
+    return None
+
+
+def relay_under(ctx, phase, rows, template_slot, label, wrapper):
+    """One relay catch-up run as the child of a profiler (`wrapper` argv):
+    waits for the N records, SIGTERMs the relay, waits for the profiler."""
+    slot = f"{ctx.run_id}_{label}"
+    copy_slot(ctx, template_slot, slot)
+    prefix = f"{ctx.run_id}.{label}."
+    topic = prefix + phase["aggtype"]
+    ctx.create_topics([topic])
+    argv = wrapper + relay_argv(ctx, slot, prefix + "{aggregatetype}", free_port())
+    proc = Proc(f"relay {label}", argv, os.path.join(ctx.work, f"relay_{label}.log"))
+    try:
+        relay_pid = deadline_wait(lambda: child_running(proc.pid, ctx.relay) or (not proc.alive() and -1), 60,
+                                  f"the relay under {wrapper[0]}", interval=0.005)
+        if relay_pid < 0:
+            raise BenchError(f"{wrapper[0]} exited before starting the relay\n{proc.tail()}")
+        ctx.tool("wait", "--brokers", ctx.brokers, "--topic", topic, "--count", rows, "--pid", relay_pid,
+                 "--timeout-s", 1800)
+        os.kill(relay_pid, signal.SIGTERM)
+        proc.p.wait(600)
+    finally:
+        proc.stop(signal.SIGTERM, timeout=60)
+        drop_slot(ctx, slot)
+
+
 def profile_catchup(ctx, phase, rows, template_slot):
     """One extra relay catch-up under perf (cpu-clock samples, flat by object
     and symbol) and one under heaptrack (peak heap and who allocated it).
     Not counted in any figure: profilers slow the relay down."""
     out = {}
+    stamp = datetime.datetime.now().isoformat(timespec="seconds")
     if shutil.which("perf"):
-        label = "prof_perf"
-        slot = f"{ctx.run_id}_{label}"
-        copy_slot(ctx, template_slot, slot)
-        prefix = f"{ctx.run_id}.{label}."
-        ctx.create_topics([prefix + phase["aggtype"]])
-        port = free_port()
-        proc = Proc(f"relay {label}", relay_argv(ctx, slot, prefix + "{aggregatetype}", port),
-                    os.path.join(ctx.work, f"relay_{label}.log"))
         data = os.path.join(ctx.work, "perf.data")
-        perf = Proc("perf", ["perf", "record", "-e", "cpu-clock", "-F", "1999", "-g", "-o", data, "-p",
-                             str(proc.pid)], os.path.join(ctx.work, "perf.log"))
-        ctx.tool("wait", "--brokers", ctx.brokers, "--topic", prefix + phase["aggtype"], "--count", rows,
-                 "--pid", proc.pid, "--timeout-s", 900)
-        perf.stop(signal.SIGINT, timeout=60)
-        stop_relay(ctx, proc, label)
-        drop_slot(ctx, slot)
+        relay_under(ctx, phase, rows, template_slot, "prof_perf",
+                    ["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-g", "-o", data, "--"])
         rep = run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso,sym",
-                   "--percent-limit", "0.7", "-g", "none"], check=False, timeout=600)
+                   "--percent-limit", "0.5", "-g", "none"], check=False, timeout=600)
         lines = [ln for ln in rep.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
         txt = os.path.join(ctx.out, "profile_perf_catchup.txt")
         with open(txt, "w") as f:
-            f.write(f"# perf record -e cpu-clock -F 1999 -p <relay>, catch-up of {rows} events "
-                    f"({phase['name']}), {datetime.datetime.now().isoformat(timespec='seconds')}\n")
+            f.write(f"# perf record -e cpu-clock -F 1999 -- outbox-relay, catch-up of {rows:,} events "
+                    f"({phase['name']}), {stamp}; self time by object and symbol\n")
             f.write("\n".join(lines[:80]) + "\n")
         dso = run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso", "-g", "none"],
                   check=False, timeout=600)
@@ -909,36 +932,24 @@ def profile_catchup(ctx, phase, rows, template_slot):
                                      if m}
         out["perf_report"] = os.path.basename(txt)
     if shutil.which("heaptrack"):
-        label = "prof_heap"
-        slot = f"{ctx.run_id}_{label}"
-        copy_slot(ctx, template_slot, slot)
-        prefix = f"{ctx.run_id}.{label}."
-        ctx.create_topics([prefix + phase["aggtype"]])
-        port = free_port()
         hfile = os.path.join(ctx.work, "heaptrack.relay")
-        argv = ["heaptrack", "-o", hfile] + relay_argv(ctx, slot, prefix + "{aggregatetype}", port)
-        proc = Proc(f"relay {label}", argv, os.path.join(ctx.work, f"relay_{label}.log"))
-        # heaptrack runs the relay as its child: find it to sample and stop it.
-        relay_pid = deadline_wait(lambda: next((p for p in children_of(proc.pid)
-                                                if os.path.basename(os.readlink(f"/proc/{p}/exe")) ==
-                                                os.path.basename(ctx.relay)), None), 60, "relay under heaptrack")
-        ctx.tool("wait", "--brokers", ctx.brokers, "--topic", prefix + phase["aggtype"], "--count", rows,
-                 "--pid", relay_pid, "--timeout-s", 1800)
-        os.kill(relay_pid, signal.SIGTERM)
-        proc.stop(signal.SIGTERM, timeout=300) if False else proc.p.wait(300)
-        proc.logf.close()
-        drop_slot(ctx, slot)
-        files = [f for f in os.listdir(ctx.work) if f.startswith("heaptrack.relay")]
+        relay_under(ctx, phase, rows, template_slot, "prof_heap", ["heaptrack", "-o", hfile])
+        files = sorted(f for f in os.listdir(ctx.work) if f.startswith("heaptrack.relay"))
         if files:
-            rep = run(["heaptrack_print", "-f", os.path.join(ctx.work, files[0]), "-p", "0", "-a", "0", "-T", "0",
-                       "-l", "0", "-n", "0", "-s", "1", "-M", "1", "-P", "1", "--peak-limit", "12"],
-                      check=False, timeout=600)
+            rep = run(["heaptrack_print", "-f", os.path.join(ctx.work, files[0]), "-p", "1", "-a", "0", "-T", "0",
+                       "-l", "0", "-n", "10", "-s", "2"], check=False, timeout=600)
             txt = os.path.join(ctx.out, "profile_heap_catchup.txt")
             with open(txt, "w") as f:
-                f.write(f"# heaptrack, relay catch-up of {rows} events ({phase['name']})\n")
-                f.write(rep.stdout[-20000:])
-            m = re.search(r"peak heap memory consumption:\s*(\S+)", rep.stdout)
-            out["heap_peak"] = m.group(1) if m else None
+                f.write(f"# heaptrack -- outbox-relay, catch-up of {rows:,} events ({phase['name']}), {stamp}; "
+                        f"top allocation sites by peak consumption\n")
+                f.write(rep.stdout[-30000:])
+            for key, rx in (("heap_peak", r"peak heap memory consumption:\s*(\S+)"),
+                            ("heap_peak_rss", r"peak RSS \(including heaptrack overhead\):\s*(\S+)"),
+                            ("allocations", r"calls to allocation functions:\s*(\d+)")):
+                m = re.search(rx, rep.stdout)
+                out[key] = m.group(1) if m else None
+            if out.get("allocations"):
+                out["allocations_per_event"] = round(int(out["allocations"]) / rows, 1)
             out["heap_report"] = os.path.basename(txt)
     return out
 

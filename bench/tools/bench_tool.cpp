@@ -241,8 +241,7 @@ int run_verify(const std::string& brokers, const std::vector<std::string>& topic
         int n = partition_count(rk.get(), t);
         for (int p = 0; p < n; ++p) {
             std::int64_t lo = 0, hi = 0;
-            auto err = rd_kafka_query_watermark_offsets(rk.get(), t.c_str(), p, &lo, &hi, 10000);
-            if (err) throw std::runtime_error("watermarks " + t + ": " + rd_kafka_err2str(err));
+            watermarks(rk.get(), t, p, &lo, &hi);
             if (hi > lo) {
                 ends[{t, p}] = hi;
                 rd_kafka_topic_partition_list_add(tpl, t.c_str(), p)->offset = RD_KAFKA_OFFSET_BEGINNING;

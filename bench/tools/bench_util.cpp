@@ -156,16 +156,27 @@ int partition_count(rd_kafka_t* rk, const std::string& topic) {
     throw std::runtime_error("topic " + topic + " does not exist (create it first)");
 }
 
+void watermarks(rd_kafka_t* rk, const std::string& topic, int partition, std::int64_t* lo, std::int64_t* hi) {
+    // A partition just created may answer NOT_LEADER for a moment after the
+    // metadata already lists its leader: retry, bounded.
+    const auto deadline = now_us() + 15'000'000;
+    for (;;) {
+        auto err = rd_kafka_query_watermark_offsets(rk, topic.c_str(), partition, lo, hi, 5000);
+        if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return;
+        if (now_us() > deadline)
+            throw std::runtime_error("watermarks " + topic + "/" + std::to_string(partition) + ": " +
+                                     rd_kafka_err2str(err));
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+}
+
 std::int64_t sum_high_watermarks(rd_kafka_t* rk, const std::vector<std::string>& topics,
                                  const std::vector<int>& parts) {
     std::int64_t sum = 0;
     for (std::size_t t = 0; t < topics.size(); ++t) {
         for (int p = 0; p < parts[t]; ++p) {
             std::int64_t lo = 0, hi = 0;
-            auto err = rd_kafka_query_watermark_offsets(rk, topics[t].c_str(), p, &lo, &hi, 5000);
-            if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
-                throw std::runtime_error("watermarks " + topics[t] + "/" + std::to_string(p) + ": " +
-                                         rd_kafka_err2str(err));
+            watermarks(rk, topics[t], p, &lo, &hi);
             sum += hi;
         }
     }

@@ -47,6 +47,10 @@ int delete_topics_with_prefix(const std::string& brokers, const std::string& pre
 // Partition count of `topic` (which must exist) from a metadata request on `rk`.
 int partition_count(rd_kafka_t* rk, const std::string& topic);
 
+// Low and high watermark of one partition; retries transient errors (a new
+// partition's leader settling) for up to 15 s, then throws.
+void watermarks(rd_kafka_t* rk, const std::string& topic, int partition, std::int64_t* lo, std::int64_t* hi);
+
 // Sum of the high watermarks of every partition of `topics` (counts in `parts`).
 std::int64_t sum_high_watermarks(rd_kafka_t* rk, const std::vector<std::string>& topics,
                                  const std::vector<int>& parts);
