@@ -14,6 +14,8 @@
 #                  otherwise skipped WITH A LOUD NOTICE.
 #   --no-debezium  leave out the Debezium figures
 #   --relay-bin    the relay under test (default: <build>/outbox-relay, built first)
+#   --relay-arg A  pass A to every relay run (repeatable; e.g. --relay-arg=-X
+#                  --relay-arg=linger.ms=0) to measure a setting; recorded in the results
 #   --out          where results go (default bench/results, or <build>/bench-smoke
 #                  with --smoke, so a smoke run never overwrites the committed run)
 #   --stack-from-env  fail unless OUTBOX_TEST_PG and OUTBOX_TEST_BROKERS are set
@@ -38,10 +40,11 @@ smoke=0
 debezium=1
 stack_from_env=0
 relay_bin=""
+relay_args=()
 out=""
 command_line="bash bench/run.sh $*"
 
-usage() { sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,34p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --smoke) smoke=1 ;;
@@ -49,6 +52,8 @@ while [[ $# -gt 0 ]]; do
         --stack-from-env) stack_from_env=1 ;;
         --relay-bin) relay_bin="${2:?--relay-bin needs a path}"; shift ;;
         --relay-bin=*) relay_bin="${1#*=}" ;;
+        --relay-arg) relay_args+=("--relay-arg=${2:?--relay-arg needs a value}"); shift ;;
+        --relay-arg=*) relay_args+=("$1") ;;
         --out) out="${2:?--out needs a directory}"; shift ;;
         --out=*) out="${1#*=}" ;;
         -h|--help) usage; exit 0 ;;
@@ -134,6 +139,7 @@ fi
 args=(--pg "$OUTBOX_TEST_PG" --brokers "$OUTBOX_TEST_BROKERS" --relay-bin "$relay_bin" --tool-bin "$tool"
       --out "$out" --command "$command_line")
 [[ $smoke -eq 1 ]] && args+=(--smoke)
+args+=("${relay_args[@]}")
 [[ -n "$dbz_home" ]] && args+=(--debezium-home "$dbz_home")
 [[ -n "$dbz_skip" ]] && args+=(--debezium-skipped "$dbz_skip")
 rc=0

@@ -8,6 +8,7 @@
 //   bench_tool wait    --brokers B --topic T... --count N [--pid PID] [--t0 EPOCH_S] [--timeout-s S]
 //   bench_tool ingest  --brokers B --rows FILE --topic-prefix P [--txn-size N] [-X prop=value]...
 //   bench_tool verify  --brokers B --topic T... --expect N
+//   bench_tool stream-stamp --pg CONNINFO --slot S --publication P --out FILE
 //   bench_tool latency ... (see latency.cpp)
 //
 // All times are CLOCK_REALTIME (bench_util.hpp), the clock Postgres'
@@ -16,10 +17,15 @@
 #include "latency.hpp"
 
 #include <CLI/CLI.hpp>
+#include <libpq-fe.h>
 #include <librdkafka/rdkafka.h>
 #include <nlohmann/json.hpp>
 
 #include <atomic>
+#include <csignal>
+#include <poll.h>
+#include <cerrno>
+#include <charconv>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -29,6 +35,7 @@
 #include <string>
 #include <thread>
 #include <unordered_set>
+#include <unistd.h>
 #include <vector>
 
 namespace {
@@ -299,6 +306,104 @@ int run_verify(const std::string& brokers, const std::vector<std::string>& topic
     return ok ? 0 : 6;
 }
 
+// ---------------------------------------------------------------- stream-stamp
+
+std::atomic<bool> g_stop{false};
+
+// Writes one "n ts_us recv_us" line per {"n": N, ..., "ts_us": T} in `data`.
+std::int64_t stamp_rows(std::string_view data, std::int64_t now, std::FILE* out) {
+    std::int64_t rows = 0;
+    for (std::size_t at = data.find("{\"n\": "); at != std::string_view::npos; at = data.find("{\"n\": ", at + 1)) {
+        auto close = data.find('}', at);
+        if (close == std::string_view::npos) break;
+        auto obj = data.substr(at, close - at + 1);
+        auto pn = obj.find("\"n\": "), pt = obj.find("\"ts_us\": ");
+        if (pn == std::string_view::npos || pt == std::string_view::npos) continue;
+        std::int64_t nv = 0, ts = 0;
+        std::from_chars(obj.data() + pn + 5, obj.data() + obj.size(), nv);
+        std::from_chars(obj.data() + pt + 9, obj.data() + obj.size(), ts);
+        std::fprintf(out, "%lld %lld %lld\n", static_cast<long long>(nv), static_cast<long long>(ts),
+                     static_cast<long long>(now));
+        ++rows;
+    }
+    return rows;
+}
+
+void put_be64(char* p, std::uint64_t v) {
+    for (int i = 7; i >= 0; --i, v >>= 8) p[i] = static_cast<char>(v & 0xff);
+}
+std::uint64_t get_be64(const char* p) {
+    std::uint64_t v = 0;
+    for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+    return v;
+}
+
+// The latency floor's client: a bare libpq logical replication connection
+// (pgoutput proto 1, the relay's publication) that only receives, stamps each
+// row's arrival (when PQgetCopyData handed it over) and confirms what it got
+// every 100 ms, as the relay confirms promptly. One process, no pipe: the
+// fewest hops a client of the walsender can have. Runs until SIGTERM/SIGINT.
+int run_stream_stamp(const std::string& pg, const std::string& slot, const std::string& publication,
+                     const std::string& out_path) {
+    std::signal(SIGTERM, [](int) { g_stop = true; });
+    std::signal(SIGINT, [](int) { g_stop = true; });
+    std::string conninfo = pg + " replication=database";
+    PGconn* c = PQconnectdb(conninfo.c_str());
+    if (PQstatus(c) != CONNECTION_OK) throw std::runtime_error(std::string("stream-stamp: ") + PQerrorMessage(c));
+    std::string q = "START_REPLICATION SLOT " + slot + " LOGICAL 0/0 (proto_version '1', publication_names '" +
+                    publication + "')";
+    PGresult* r = PQexec(c, q.c_str());
+    if (PQresultStatus(r) != PGRES_COPY_BOTH) {
+        std::string e = PQresultErrorMessage(r);
+        PQclear(r);
+        PQfinish(c);
+        throw std::runtime_error("stream-stamp: START_REPLICATION: " + e);
+    }
+    PQclear(r);
+    std::FILE* out = std::fopen(out_path.c_str(), "w");
+    if (!out) throw std::runtime_error("stream-stamp: cannot write " + out_path);
+    std::uint64_t received = 0;
+    std::int64_t rows = 0, last_status = 0;
+    auto send_status = [&] {
+        char msg[34];
+        msg[0] = 'r';
+        put_be64(msg + 1, received);
+        put_be64(msg + 9, received);
+        put_be64(msg + 17, received);
+        put_be64(msg + 25, static_cast<std::uint64_t>(now_us() - 946684800LL * 1'000'000));  // since 2000-01-01
+        msg[33] = 0;
+        PQputCopyData(c, msg, sizeof msg);
+        PQflush(c);
+        last_status = now_us();
+    };
+    while (!g_stop) {
+        char* buf = nullptr;
+        int n = PQgetCopyData(c, &buf, 1);
+        if (n == 0) {
+            std::fflush(out);  // only when idle: the file is read while we run
+            if (now_us() - last_status > 100'000) send_status();
+            pollfd pfd{PQsocket(c), POLLIN, 0};
+            ::poll(&pfd, 1, 100);
+            if (pfd.revents & POLLIN) PQconsumeInput(c);
+            continue;
+        }
+        if (n < 0) break;  // -1 end of copy, -2 error
+        const std::int64_t now = now_us();
+        if (buf[0] == 'w' && n > 25) {
+            received = std::max(received, get_be64(buf + 9));  // walEnd
+            rows += stamp_rows(std::string_view(buf + 25, static_cast<std::size_t>(n - 25)), now, out);
+        } else if (buf[0] == 'k' && n >= 18) {
+            received = std::max(received, get_be64(buf + 1));
+            if (buf[17]) send_status();
+        }
+        PQfreemem(buf);
+    }
+    std::fclose(out);
+    PQfinish(c);
+    print(json{{"rows", rows}});
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -349,6 +454,14 @@ int main(int argc, char** argv) {
     vt->add_option("--expect", expect)->required();
     vt->add_option("--timeout-s", timeout_s);
 
+    std::string stamp_out;
+    auto* ss = app.add_subcommand("stream-stamp", "bare logical replication client stamping row arrivals");
+    std::string ss_pg, ss_slot, ss_pub;
+    ss->add_option("--pg", ss_pg)->required();
+    ss->add_option("--slot", ss_slot)->required();
+    ss->add_option("--publication", ss_pub)->required();
+    ss->add_option("--out", stamp_out)->required();
+
     outbox::bench::latency_options lo;
     auto* lt = app.add_subcommand("latency", "steady writers + read_committed consumer: commit -> append/receive");
     outbox::bench::add_latency_options(*lt, lo);
@@ -369,6 +482,7 @@ int main(int argc, char** argv) {
         if (*wt) return run_wait(brokers, topics, count, pid, t0, timeout_s, poll_ms);
         if (*it) return run_ingest(brokers, rows, prefix, txn_size, extra);
         if (*vt) return run_verify(brokers, topics, expect, timeout_s);
+        if (*ss) return run_stream_stamp(ss_pg, ss_slot, ss_pub, stamp_out);
         if (*lt) return outbox::bench::run_latency(lo);
     } catch (const std::exception& e) {
         std::cerr << "bench_tool: error: " << e.what() << "\n";

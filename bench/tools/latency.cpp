@@ -166,6 +166,11 @@ void add_latency_options(CLI::App& app, latency_options& o) {
     app.add_option("--probes", o.probes, "first records to never-written topics");
     app.add_option("--partitions", o.partitions);
     app.add_option("--drain-timeout-s", o.drain_timeout_s);
+    app.add_flag("--create-time", o.create_time,
+                 "diagnosis: topics with message.timestamp.type=CreateTime, so 'append' is the producer's "
+                 "produce() call (librdkafka stamps it there), not the broker's append");
+    app.add_flag("--no-consume", o.no_consume,
+                 "only write (no topics, no consumer); prints the schedule and writer figures");
 }
 
 int run_latency(const latency_options& o) {
@@ -176,18 +181,20 @@ int run_latency(const latency_options& o) {
         probe_types.push_back(o.probe_prefix + std::to_string(i));
         topics.push_back(o.topic_prefix + probe_types.back());
     }
-    create_topics(o.brokers, topics, o.partitions, {{"message.timestamp.type", "LogAppendTime"}});
+    if (!o.no_consume)
+        create_topics(o.brokers, topics, o.partitions,
+                      {{"message.timestamp.type", o.create_time ? "CreateTime" : "LogAppendTime"}});
 
     // ---- consumer: assign() every partition from the beginning (fresh topics).
-    rk_ptr rk = make_handle(RD_KAFKA_CONSUMER, o.brokers,
+    rk_ptr rk = o.no_consume ? nullptr : make_handle(RD_KAFKA_CONSUMER, o.brokers,
                             {{"group.id", "bench_latency_" + std::to_string(getpid())},
                              {"enable.auto.commit", "false"},
                              {"enable.auto.offset.store", "false"},
                              {"isolation.level", "read_committed"},
                              {"allow.auto.create.topics", "false"},
                              {"fetch.wait.max.ms", "100"}});
-    rd_kafka_poll_set_consumer(rk.get());
-    {
+    if (rk) {
+        rd_kafka_poll_set_consumer(rk.get());
         rd_kafka_topic_partition_list_t* tpl = rd_kafka_topic_partition_list_new(8);
         for (const auto& t : topics)
             for (int p = 0; p < o.partitions; ++p)
@@ -202,7 +209,7 @@ int run_latency(const latency_options& o) {
     got.reserve(static_cast<std::size_t>(o.rate * (o.seconds + o.warmup)) + 1024);
     std::string consumer_error;
     std::thread consumer([&] {
-        while (!stop_consumer.load()) {
+        while (rk && !stop_consumer.load()) {
             rd_kafka_message_t* m = rd_kafka_consumer_poll(rk.get(), 50);
             if (!m) continue;
             const std::int64_t recv = now_us();
@@ -218,7 +225,9 @@ int run_latency(const latency_options& o) {
             auto n = json_int(value, "n");
             auto ts = json_int(value, "ts_us");
             if (n && ts)
-                got.push_back({*n, *ts, ts_ms * 1000 + 500, recv, tstype == RD_KAFKA_TIMESTAMP_LOG_APPEND_TIME});
+                got.push_back({*n, *ts, ts_ms * 1000 + 500, recv,
+                               tstype == (o.create_time ? RD_KAFKA_TIMESTAMP_CREATE_TIME
+                                                        : RD_KAFKA_TIMESTAMP_LOG_APPEND_TIME)});
             else if (consumer_error.empty())
                 consumer_error = "record without n/ts_us: " + std::string(value.substr(0, 80));
             n_received.fetch_add(1);
@@ -284,6 +293,29 @@ int run_latency(const latency_options& o) {
     std::int64_t sent = 0;
     for (const auto& v : per_client) sent += static_cast<std::int64_t>(v.size());
 
+    if (!rk) {
+        // Write-only: the caller measures the other end (bench.py's pg_recvlogical floor).
+        std::vector<double> commit_ack, lag;
+        std::int64_t in_window = 0;
+        for (std::size_t j = 0; j + 1 < per_client.size(); ++j)
+            for (const auto& w : per_client[j])
+                if (w.ts_us >= t_measure && w.ts_us < t_end) {
+                    ++in_window;
+                    commit_ack.push_back(static_cast<double>(w.ack_us - w.ts_us));
+                    lag.push_back(static_cast<double>(w.lag_us));
+                }
+        json out{{"rate_target", o.rate}, {"clients", o.clients}, {"seconds", o.seconds}, {"warmup_s", o.warmup},
+                 {"t_measure_us", t_measure}, {"t_end_us", t_end}, {"sent", sent},
+                 {"write_errors", write_errors.load()},
+                 {"achieved_rate", static_cast<double>(in_window) / o.seconds},
+                 {"insert_to_commit_ack_ms", stats_ms(commit_ack)}, {"writer_lag_ms", stats_ms(lag)}};
+        if (!first_write_error.empty()) out["first_write_error"] = first_write_error;
+        std::cout << out.dump() << std::endl;
+        stop_consumer.store(true);
+        consumer.join();
+        return write_errors.load() == 0 ? 0 : 7;
+    }
+
     // ---- drain: everything written must arrive (or it is missing).
     const std::int64_t drain_deadline = now_us() + static_cast<std::int64_t>(o.drain_timeout_s * 1e6);
     while (n_received.load() < sent && now_us() < drain_deadline)
@@ -343,6 +375,8 @@ int run_latency(const latency_options& o) {
              {"clients", o.clients},
              {"seconds", o.seconds},
              {"warmup_s", o.warmup},
+             {"t_measure_us", t_measure},
+             {"t_end_us", t_end},
              {"topic", steady_topic},
              {"sent", sent},
              {"received", static_cast<std::int64_t>(got.size())},
@@ -359,7 +393,8 @@ int run_latency(const latency_options& o) {
              {"probes", probes},
              {"steady_within_1s_after_probe_append_ms", stats_ms(around_append)},
              {"steady_other_append_ms", stats_ms(other_append)}};
-    if (not_log_append > 0) out["error"] = std::to_string(not_log_append) + " records without LogAppendTime";
+    if (o.create_time) out["timestamp_type"] = "CreateTime (diagnosis: commit_to_append_ms is commit -> produce())";
+    if (not_log_append > 0) out["error"] = std::to_string(not_log_append) + " records with the wrong timestamp type";
     if (!first_write_error.empty()) out["first_write_error"] = first_write_error;
     if (!consumer_error.empty()) out["consumer_error"] = consumer_error;
     std::cout << out.dump() << std::endl;

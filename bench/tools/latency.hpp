@@ -22,6 +22,8 @@ struct latency_options {
     int probes = 3;                        // new-topic probes, spread over the window
     int partitions = 3;
     double drain_timeout_s = 30;           // after the last write, wait this long for stragglers
+    bool create_time = false;              // topics with CreateTime: the producer's produce() time instead
+    bool no_consume = false;               // write only (someone else measures: pg_recvlogical floor)
 };
 
 void add_latency_options(CLI::App& app, latency_options& o);
