@@ -1362,9 +1362,15 @@ def write_chart(res, out_dir):
         plots.append(f"'{d}/catchup.dat' using ($0+{off:.3f}):{col}:({width * 0.9:.3f}) with boxes "
                      f"fs solid 0.8 lc rgb '{colors[i % 5]}' title '{name}' noenhanced, "
                      f"'' using ($0+{off:.3f}):{col}:{col + 1}:{col + 2} with yerrorbars lc rgb 'black' pt 0 notitle")
-    lat_plots = [f"'{fn}' using 2:1 with linespoints lw {1 if name.startswith('floor') else 2} "
-                 f"dt {2 if name.startswith('floor') else 1} pt 7 ps 0.3 title '{name}' noenhanced"
-                 for name, fn in curves]
+    # A floor and the relay at the same rate share a colour (floor dashed).
+    palette = ["#7b3294", "#e66101", "#1b9e77", "#2c7bb6", "#d7191c", "#666666"]
+    lat_plots, color_of = [], {}
+    for name, fn in curves:
+        key = name.split()[-1] if name.startswith(("floor", "relay")) else name
+        col = color_of.setdefault(key, palette[len(color_of) % len(palette)])
+        floor_ = name.startswith("floor")
+        lat_plots.append(f"'{fn}' using 2:1 with linespoints lw {1 if floor_ else 2} dt {2 if floor_ else 1} "
+                         f"pt 7 ps 0.3 lc rgb '{col}' title '{name}' noenhanced")
     m = res["meta"]
     script = f"""
 set terminal pngcairo size 1400,560 font 'Sans,10'
@@ -1416,7 +1422,11 @@ def meta(ctx):
         mem_gib = int(f.readline().split()[1]) / 1024 / 1024
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])
-    dirty = sh("git", "status", "--porcelain", "--untracked-files=no")
+    # Results being rewritten by this very run do not make the tree dirty.
+    excludes = [":(exclude)bench/results"]
+    if ctx.out.startswith(ROOT + os.sep):
+        excludes.append(f":(exclude){os.path.relpath(ctx.out, ROOT)}")
+    dirty = sh("git", "status", "--porcelain", "--untracked-files=no", "--", ".", *excludes)
     kafka = "?"
     if ctx.broker_pid:
         try:
@@ -1454,6 +1464,8 @@ def meta(ctx):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if len(sys.argv) == 3 and sys.argv[1] == "--render":
+        return render_only(sys.argv[2])
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--pg", required=True)
     ap.add_argument("--brokers", required=True)
@@ -1609,6 +1621,20 @@ def main():
     else:
         shutil.rmtree(ctx.work, ignore_errors=True)
     log(f"done in {res['elapsed_s']} s: {ctx.out}/bench.md, bench.json, bench.png")
+    return 0
+
+
+def render_only(out_dir):
+    """Writes bench.md and bench.png again from out_dir/bench.json (after a
+    change to the report code; measures nothing)."""
+    with open(os.path.join(out_dir, "bench.json")) as f:
+        res = json.load(f)
+    res["sizes"]["latency"] = [tuple(x) for x in res["sizes"]["latency"]]
+    res["_work"] = tempfile.mkdtemp(prefix="outbox-bench-render-")
+    write_markdown(res, os.path.join(out_dir, "bench.md"))
+    write_chart(res, out_dir)
+    shutil.rmtree(res["_work"], ignore_errors=True)
+    print_table(res)
     return 0
 
 
