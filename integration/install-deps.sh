@@ -22,6 +22,8 @@ packages=(
     util-linux procps
     # bench/relay_drain_rate.sh reads /metrics and does arithmetic
     curl bc
+    # bench/run.sh: the chart (gnuplot), instructions per event (valgrind), profiles (perf, heaptrack)
+    gnuplot-nox valgrind linux-perf heaptrack
 )
 
 # One dpkg-query for all of them; unknown packages print nothing and count as missing.
