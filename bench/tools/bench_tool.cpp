@@ -47,15 +47,50 @@ void print(const json& j) { std::cout << j.dump() << std::endl; }
 
 // ---------------------------------------------------------------- wait
 
-// Polls the topics' high watermarks until their sum reaches `count`, sampling
-// the process under test meanwhile. The broker's high watermark moves when a
-// record is appended (one replica: acks=all is the leader's append), so this
-// measures any producer the same way, from outside.
+// Counts the records a read_committed consumer receives from the topics
+// (assign() only, from the beginning) until `count` have arrived, sampling the
+// process under test meanwhile. Committed records, not high watermarks: a
+// transactional producer's commit markers take offsets too, so a high
+// watermark reaches N before N records are readable. The same measure for
+// every producer (with or without transactions), from outside.
+struct committed_counter {
+    rk_ptr rk;
+    explicit committed_counter(const std::string& brokers, const std::vector<std::string>& topics)
+        : rk(make_handle(RD_KAFKA_CONSUMER, brokers,
+                         {{"group.id", "bench_wait_" + std::to_string(getpid())},
+                          {"enable.auto.commit", "false"},
+                          {"enable.auto.offset.store", "false"},
+                          {"isolation.level", "read_committed"},
+                          {"allow.auto.create.topics", "false"},
+                          {"fetch.wait.max.ms", "10"}})) {
+        rd_kafka_poll_set_consumer(rk.get());
+        rd_kafka_topic_partition_list_t* tpl = rd_kafka_topic_partition_list_new(8);
+        for (const auto& t : topics) {
+            const int n = partition_count(rk.get(), t);
+            for (int p = 0; p < n; ++p)
+                rd_kafka_topic_partition_list_add(tpl, t.c_str(), p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+        }
+        rd_kafka_assign(rk.get(), tpl);
+        rd_kafka_topic_partition_list_destroy(tpl);
+    }
+    ~committed_counter() { rd_kafka_consumer_close(rk.get()); }
+    // Counts what arrives within `wait_ms`.
+    std::int64_t poll(int wait_ms) {
+        std::int64_t n = 0;
+        const std::int64_t until = now_us() + wait_ms * 1000;
+        while (now_us() < until) {
+            rd_kafka_message_t* m = rd_kafka_consumer_poll(rk.get(), 1);
+            if (!m) continue;
+            if (!m->err) ++n;
+            rd_kafka_message_destroy(m);
+        }
+        return n;
+    }
+};
+
 int run_wait(const std::string& brokers, const std::vector<std::string>& topics, std::int64_t count, int pid,
              double t0_s, double timeout_s, int poll_ms) {
-    rk_ptr rk = make_handle(RD_KAFKA_PRODUCER, brokers, {});
-    std::vector<int> parts;
-    for (const auto& t : topics) parts.push_back(partition_count(rk.get(), t));
+    committed_counter counter(brokers, topics);
     const std::int64_t t0 = t0_s > 0 ? static_cast<std::int64_t>(t0_s * 1e6) : now_us();
     const std::int64_t deadline = now_us() + static_cast<std::int64_t>(timeout_s * 1e6);
     std::int64_t t_first = 0, t_done = 0, n = 0, polls = 0;
@@ -75,7 +110,7 @@ int run_wait(const std::string& brokers, const std::vector<std::string>& topics,
             }
             rss_max = std::max(rss_max, s->rss_kib);
         }
-        n = sum_high_watermarks(rk.get(), topics, parts);
+        n += counter.poll(poll_ms);
         ++polls;
         auto now = now_us();
         if (n > 0 && t_first == 0) {
@@ -99,7 +134,6 @@ int run_wait(const std::string& brokers, const std::vector<std::string>& topics,
             print(out);
             return 4;
         }
-        std::this_thread::sleep_for(std::chrono::milliseconds(poll_ms));
     }
     out["count"] = n;
     out["t_first"] = t_first / 1e6;
@@ -240,7 +274,8 @@ int run_verify(const std::string& brokers, const std::vector<std::string>& topic
                              {"enable.auto.commit", "false"},
                              {"enable.auto.offset.store", "false"},
                              {"isolation.level", "read_committed"},
-                             {"allow.auto.create.topics", "false"}});
+                             {"allow.auto.create.topics", "false"},
+                             {"enable.partition.eof", "true"}});
     rd_kafka_poll_set_consumer(rk.get());
     rd_kafka_topic_partition_list_t* tpl = rd_kafka_topic_partition_list_new(8);
     std::map<std::pair<std::string, int>, std::int64_t> ends;  // partition -> high watermark
@@ -270,6 +305,15 @@ int run_verify(const std::string& brokers, const std::vector<std::string>& topic
         if (m->err) {
             const bool eof = m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF;
             std::string e = rd_kafka_message_errstr(m);
+            // The end of a partition (its last offsets may be transaction
+            // markers, which a consumer never receives).
+            if (eof && m->rkt) {
+                std::pair<std::string, int> key{rd_kafka_topic_name(m->rkt), m->partition};
+                if (ends.count(key) && m->offset >= ends[key] && !finished[key]) {
+                    finished[key] = true;
+                    ++done;
+                }
+            }
             rd_kafka_message_destroy(m);
             if (!eof) std::cerr << "verify: consumer error: " << e << "\n";
             continue;

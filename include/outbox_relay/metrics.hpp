@@ -143,6 +143,7 @@ struct relay_metrics {
     counter& batch_shrinks;        // outbox_relay_batch_shrinks_total
     counter& kafka_txn_commits;    // outbox_relay_kafka_transactions_committed_total
     histogram& kafka_txn_records;  // outbox_relay_kafka_transaction_records
+    histogram& kafka_txn_commit;   // outbox_relay_kafka_transaction_commit_seconds
     // outbox_relay_dead_letters_total{reason=...}; one series per reason word,
     // made on first use.
     counter& dead_letter(std::string_view reason);

@@ -363,6 +363,7 @@ private:
     enum class txn_state { off, uninitialized, initializing, idle, open, committing };
     txn_state txn_ = txn_state::off;
     steady_time txn_opened_at_{};
+    steady_time txn_commit_asked_{};
     steady_time txn_retry_at_ = steady_time::max();
     std::size_t txn_records_ = 0;          // records produced into the open transaction
     bool pg_txn_in_kafka_txn_ = false;     // records of the Postgres transaction being received are in it

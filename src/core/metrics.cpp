@@ -323,6 +323,10 @@ relay_metrics::relay_metrics()
       kafka_txn_records(registry.add_histogram("outbox_relay_kafka_transaction_records",
                                                "Records per committed Kafka transaction.",
                                                {1, 10, 100, 1000, 10000, 100000, 1000000})),
+      kafka_txn_commit(registry.add_histogram(
+          "outbox_relay_kafka_transaction_commit_seconds",
+          "Seconds from asking for a Kafka commit (its records flushed first) until it is done.",
+          std::vector<double>(std::begin(commit_to_ack_buckets), std::end(commit_to_ack_buckets)))),
       producer_recreated(registry.add_counter("outbox_relay_producer_recreated_total",
                                               "Kafka producers recreated after a fatal producer error.")),
       status_updates_sent(registry.add_counter("outbox_relay_status_updates_sent_total",

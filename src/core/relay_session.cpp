@@ -933,10 +933,10 @@ void relay_session::release_txn_wait() {
 void relay_session::try_commit(event_time now) {
     if (txn_ != txn_state::open || txn_records_ == 0) return;
     if (pg_txn_in_kafka_txn_ || parked_records_ > 0) return;
-    (void)now;
     metrics_.kafka_txn_records.observe(static_cast<double>(txn_records_));
     cmds_.emplace_back(cmd::commit_txn{});
     txn_ = txn_state::committing;
+    txn_commit_asked_ = now.mono;
 }
 
 void relay_session::on_stream_idle(event_time now) {
@@ -983,6 +983,7 @@ void relay_session::on_txn_done(txn_op op, const txn_outcome& o, event_time now)
             if (txn_ != txn_state::committing) return;
             if (o.status == txn_outcome::kind::ok) {
                 metrics_.kafka_txn_commits.inc();
+                metrics_.kafka_txn_commit.observe(std::chrono::duration<double>(now.mono - txn_commit_asked_).count());
                 bool moved = false;
                 for (checkpoint_tracker::txn_id id : std::exchange(txn_acked_, {})) moved = tracker_.ack(id) || moved;
                 txn_ = txn_state::idle;

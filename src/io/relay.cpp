@@ -238,8 +238,11 @@ struct relay::impl {
     // them on its worker; the outcome comes back as an event.
     void txn_call(txn_op op, void (kafka_sink::*call)(kafka_sink::txn_done)) {
         if (!sink_) return;
+        log::debug(mod, "event=txn_call op={}", op == txn_op::init ? "init" : "commit");
         (sink_.get()->*call)([this, op](txn_result r) {
             if (stopped_) return;
+            log::debug(mod, "event=txn_done op={} status={} message={}", op == txn_op::init ? "init" : "commit",
+                       static_cast<int>(r.status), log::quote(r.message));
             session_.on_txn_done(op, to_outcome(r), now());
             execute();
         });
@@ -260,6 +263,7 @@ struct relay::impl {
     void run(cmd::commit_txn&) { txn_call(txn_op::commit, &kafka_sink::commit_transaction); }
     void run(cmd::begin_txn&) {
         if (!sink_) return;
+        log::debug(mod, "event=txn_begin");
         std::string why = sink_->begin_transaction();
         if (why.empty()) return;
         // Posted: the session is not re-entered while its commands run.
