@@ -279,7 +279,7 @@ private:
     // lifecycle
     void connect(event_time now);
     void lose_stream(event_time now, std::chrono::milliseconds delay);
-    void restart_producer(std::string_view why, event_time now);
+    void restart_producer(std::string_view why, event_time now, bool fault = true);
     void begin_drain(event_time now);
     void maybe_finish_drain(event_time now);
     void finish(event_time now);
@@ -356,6 +356,7 @@ private:
         position_text pos{record_position{}};
     } dlq_;
     std::size_t batch_cap_ = 0;       // batch.size of the current producer (0: as configured)
+    std::uint64_t shrunk_for_epoch_ = 0;
 
     // Kafka transactions. uninitialized: a producer that has not fenced its
     // predecessors yet (that waits for the slot, so a standby never fences

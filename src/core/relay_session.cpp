@@ -242,10 +242,7 @@ void relay_session::lose_stream(event_time now, milliseconds delay) {
     // producer's initialisation does) and resend from the confirmed position.
     if ((txn_ == txn_state::open && txn_records_ > 0) || txn_ == txn_state::committing) {
         if (!shutdown_requested_) {
-            // Not a producer fault: it must not count towards producer-restart-limit.
-            const unsigned in_a_row = fatal_in_a_row_;
-            restart_producer("the replication stream ended with a Kafka transaction open", now);
-            fatal_in_a_row_ = in_a_row;
+            restart_producer("the replication stream ended with a Kafka transaction open", now, /*fault=*/false);
             if (phase_ == session_phase::producer_restart) return;
         }
     }
@@ -302,11 +299,14 @@ void relay_session::drop_stream_state() {
     scan_retry_at_ = steady_time::max();
 }
 
-void relay_session::restart_producer(std::string_view why, event_time now) {
+// `fault`: a producer fault, counted towards producer-restart-limit and
+// backed off exponentially; otherwise (a lost stream, smaller batches, an
+// aborted transaction's aftermath) a restart after the first backoff step.
+void relay_session::restart_producer(std::string_view why, event_time now, bool fault) {
     if (phase_ == session_phase::producer_restart || phase_ == session_phase::stopping ||
         phase_ == session_phase::stopped)
         return;
-    ++fatal_in_a_row_;
+    if (fault) ++fatal_in_a_row_;
     if (fatal_in_a_row_ > cfg_.producer_restart_limit) {
         fail(exit_code::producer_failed,
              "the Kafka producer failed " + std::to_string(fatal_in_a_row_) +
@@ -325,8 +325,11 @@ void relay_session::restart_producer(std::string_view why, event_time now) {
         finish(now);
         return;
     }
-    const milliseconds delay = doubled(producer_backoff_, producer_restart_floor, cfg_.reconnect_backoff_max);
-    producer_backoff_ = delay;
+    milliseconds delay = std::min(producer_restart_floor, cfg_.reconnect_backoff_max);
+    if (fault) {
+        delay = doubled(producer_backoff_, producer_restart_floor, cfg_.reconnect_backoff_max);
+        producer_backoff_ = delay;
+    }
     note(cmd::note::level::warn, "event=producer_restart reason=" + quoted(why) + " confirmed=" +
                                      lsn_text(tracker_.confirmed()) + " in_a_row=" + std::to_string(fatal_in_a_row_) +
                                      " after_ms=" + std::to_string(delay.count()));
@@ -857,6 +860,9 @@ void relay_session::dead_letter(const record& orig, record_position pos, std::st
 // position; the replay brings the record again, and once a batch can only
 // hold it alone, a refusal is its own size.
 void relay_session::shrink_batches(std::size_t record_bytes, event_time now) {
+    // Once per producer: the other records of the refused batch say the same.
+    if (shrunk_for_epoch_ == producer_epoch_) return;
+    shrunk_for_epoch_ = producer_epoch_;
     const std::size_t current = batch_cap_ != 0 ? batch_cap_ : default_batch_size_;
     batch_cap_ = std::max(current / 2, std::max<std::size_t>(record_bytes, 1));
     note(cmd::note::level::warn, "event=batch_too_large record_bytes=" + std::to_string(record_bytes) +
@@ -865,9 +871,9 @@ void relay_session::shrink_batches(std::size_t record_bytes, event_time now) {
                                      lsn_text(tracker_.confirmed()));
     metrics_.batch_shrinks.inc();
     // Not a producer fault: it must not count towards producer-restart-limit.
-    const unsigned in_a_row = fatal_in_a_row_;
-    restart_producer("a batch was larger than the topic accepts", now);
-    fatal_in_a_row_ = in_a_row;
+    // Already restarting (another record of the failed transaction said so
+    // first): the new producer gets the smaller batches.
+    restart_producer("a batch was larger than the topic accepts", now, /*fault=*/false);
 }
 
 // To the producer, inside a Kafka transaction when they are used: one is
@@ -1173,15 +1179,14 @@ void relay_session::on_delivery(record_tag tag, const delivery& d, event_time no
             return;
         case delivery_status::permanent: {
             metrics_.records_failed.inc();
-            // A producer being replaced: everything not confirmed is sent again.
-            if (phase_ == session_phase::producer_restart || phase_ == session_phase::stopping ||
-                phase_ == session_phase::stopped)
-                return;
+            if (phase_ == session_phase::stopping || phase_ == session_phase::stopped) return;
             const std::size_t cap = batch_cap_ != 0 ? batch_cap_ : default_batch_size_;
             if (d.why == refusal::too_large && !d.local && d.bytes < cap) {
                 shrink_batches(d.bytes, now);
                 return;
             }
+            // A producer being replaced: everything not confirmed is sent again.
+            if (phase_ == session_phase::producer_restart) return;
             auto pos = position_of(d.rec);
             const bool is_dead_letter = !cfg_.dead_letter_topic.empty() && d.topic == cfg_.dead_letter_topic;
             // A broker refused a record of an open Kafka transaction: the
@@ -1225,7 +1230,9 @@ void relay_session::on_delivery(record_tag tag, const delivery& d, event_time no
             metrics_.records_failed.inc();
             // Despite message.timeout.ms=0 (a purge, a full queue): the
             // record is resent from the confirmed position by a new producer.
-            restart_producer("delivery failed: " + std::string(d.error), now);
+            // In a transaction, a record failing as purged or in an erroneous
+            // state is the aftermath of another one's refusal, not a fault.
+            restart_producer("delivery failed: " + std::string(d.error), now, /*fault=*/txn_ == txn_state::off);
             if (phase_ == session_phase::producer_restart || phase_ == session_phase::stopped ||
                 phase_ == session_phase::stopping)
                 maybe_finish_drain(now);
