@@ -7,6 +7,7 @@
 #include "outbox_relay/relation_cache.hpp"
 
 #include <string>
+#include <utility>
 #include <string_view>
 #include <vector>
 
@@ -90,6 +91,11 @@ public:
     // fails; reads columns by name, so it also works when the relation lacks
     // some. Same lifetime rules as map().
     record salvage(const cached_relation& rel, const pgoutput::tuple_data& row, record_scratch& scratch) const;
+
+    // The literal text before the template's first placeholder and after its
+    // last: every routed topic starts and ends with them (a template without
+    // placeholders: the whole name, and an empty suffix).
+    std::pair<std::string, std::string> topic_affixes() const;
 
     const routing_config& config() const noexcept { return cfg_; }
 

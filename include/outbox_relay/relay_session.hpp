@@ -133,6 +133,9 @@ struct pause_reading {};
 struct resume_reading {};
 struct produce { record rec; record_tag tag; };
 struct scan_topic { std::uint64_t id; std::string topic; lsn from; source_id source; };
+// The slot was created at this start: look through the newest records of
+// every topic named prefix...suffix for records of this origin (a gap).
+struct probe_gap { std::string prefix, suffix; source_id source; };
 // Kafka transactions (exactly-once with kafka-transactions): the shell runs
 // init and commit off the loop and reports on_txn_done; begin is immediate.
 struct init_txn {};
@@ -142,11 +145,17 @@ struct recreate_producer {                // destroy the producer (purging what 
     std::size_t batch_size = 0;           // 0: as configured; else batch.size for the new producer
 };
 struct note { enum class level { info, warn, error } lvl; std::string text; };  // key=value text for the log
-struct stop { exit_code code; std::string reason; };
+struct stop {
+    exit_code code;
+    std::string reason;
+    // Drop the replication slot before exiting: a slot this start created
+    // across a gap must not stay, or the next start would not see the gap.
+    bool drop_slot = false;
+};
 }  // namespace cmd
 
 using command = std::variant<cmd::start_stream, cmd::close_stream, cmd::stop_stream, cmd::send_status,
-                             cmd::pause_reading, cmd::resume_reading, cmd::produce, cmd::scan_topic,
+                             cmd::pause_reading, cmd::resume_reading, cmd::produce, cmd::scan_topic, cmd::probe_gap,
                              cmd::init_txn, cmd::begin_txn, cmd::commit_txn, cmd::recreate_producer, cmd::note,
                              cmd::stop>;
 
@@ -185,6 +194,10 @@ public:
     // The stream has handed over every frame it had (its socket has no more
     // for now): the moment to commit a Kafka transaction at low rates.
     void on_stream_idle(event_time now);
+    // The gap probe's answer: records of this origin found (newest LSN, where),
+    // or not; `failed` with a message when it could not look.
+    void on_gap_probe(bool failed, bool found, lsn newest, std::string_view topic, std::string_view message,
+                      event_time now);
     void on_txn_done(txn_op op, const txn_outcome& outcome, event_time now);
     void on_tick(event_time now);
     void on_shutdown(event_time now);
@@ -262,6 +275,8 @@ private:
     void try_commit(event_time now);
     void release_txn_wait();
     void begin_scans();
+    void maybe_probe_gap();
+    void slot_gap_found(std::string_view topic, lsn newest, event_time now);
     void release_parked(topic_state& t);
     void produce_now(const record& rec, record_position pos, checkpoint_tracker::txn_id txn, std::size_t bytes);
     void park(topic_state& t, const record& rec, record_position pos, checkpoint_tracker::txn_id txn,
@@ -304,6 +319,7 @@ private:
     stream_state stream_ = stream_state::none;
     exit_code exit_ = exit_code::ok;
     std::string exit_reason_;
+    bool drop_slot_on_exit_ = false;
     std::string not_ready_;           // why /readyz says no, while not streaming
 
     // stream
@@ -318,6 +334,8 @@ private:
     bool slot_busy_noted_ = false;
     bool slot_created_ = false;
     bool slot_gap_checked_ = false;
+    bool gap_probe_sent_ = false;
+    steady_time gap_probe_retry_at_ = steady_time::max();
     source_id source_;
     std::string source_text_;
     steady_time last_heard_{};

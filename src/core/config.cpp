@@ -241,13 +241,13 @@ bool valid_kafka_prop_name(std::string_view s) {
            std::all_of(s.begin(), s.end(), [](char c) { return is_lower_alnum_(c) || c == '.'; });
 }
 
-// "host:port" with port 1-65535; an IPv6 host goes in brackets.
+// "host:port" with port 0-65535 (0: any free port, logged); an IPv6 host goes in brackets.
 bool valid_listen(std::string_view s) {
     const auto colon = s.rfind(':');
     if (colon == std::string_view::npos || colon == 0) return false;
     std::string_view host = s.substr(0, colon);
     std::uint64_t port = 0;
-    if (!parse_uint(s.substr(colon + 1), &port) || port < 1 || port > 65535) return false;
+    if (!parse_uint(s.substr(colon + 1), &port) || port > 65535) return false;
     if (host.front() == '[') return host.size() > 2 && host.back() == ']';
     return host.find(':') == std::string_view::npos && host.find_first_of(" \t/") == std::string_view::npos;
 }
@@ -403,7 +403,7 @@ const option_spec option_table[] = {
      [](const relay_config& c) { return std::to_string(c.producer_restart_limit); }},
     {"metrics-listen", "HOST:PORT for /metrics, /healthz, /readyz (empty = off)", false, false,
      [](relay_config& c, const std::string& s) -> std::string {
-         if (!s.empty() && !valid_listen(s)) return "must be host:port (port 1-65535), got \"" + s + "\"";
+         if (!s.empty() && !valid_listen(s)) return "must be host:port (port 0-65535), got \"" + s + "\"";
          c.metrics_listen = s;
          return {};
      },

@@ -178,6 +178,15 @@ result<record> outbox_mapper::map(const cached_relation& rel, const pgoutput::tu
     return rec;
 }
 
+std::pair<std::string, std::string> outbox_mapper::topic_affixes() const {
+    std::pair<std::string, std::string> out;
+    if (segments_.empty()) return out;
+    if (!segments_.front().placeholder) out.first = segments_.front().text;
+    if (!has_placeholder_) return out;
+    if (!segments_.back().placeholder) out.second = segments_.back().text;
+    return out;
+}
+
 record outbox_mapper::salvage(const cached_relation& rel, const pgoutput::tuple_data& row,
                              record_scratch& scratch) const {
     record rec;

@@ -187,6 +187,7 @@ void relay_session::on_stream_started(lsn slot_confirmed, const source_id& sourc
         txn_ = txn_state::initializing;
         cmds_.emplace_back(cmd::init_txn{});
     }
+    maybe_probe_gap();
     // Tell the server at once what we have confirmed (it may be ahead of the
     // slot when the previous connection dropped before an update).
     send_status(now, false);
@@ -230,7 +231,7 @@ void relay_session::on_stream_stopped(event_time now) {
     stream_ = stream_state::none;
     if (phase_ != session_phase::stopping) return;
     phase_ = session_phase::stopped;
-    cmds_.emplace_back(cmd::stop{exit_, exit_reason_});
+    cmds_.emplace_back(cmd::stop{exit_, exit_reason_, drop_slot_on_exit_});
 }
 
 // The stream is gone (closed by the server, by us, or never started):
@@ -434,7 +435,7 @@ void relay_session::finish(event_time now) {
     }
     phase_ = session_phase::stopped;
     not_ready_ = "stopped";
-    cmds_.emplace_back(cmd::stop{exit_, exit_reason_});
+    cmds_.emplace_back(cmd::stop{exit_, exit_reason_, drop_slot_on_exit_});
 }
 
 // Stops with a non-zero code: nothing more is produced or confirmed past
@@ -501,6 +502,10 @@ void relay_session::on_tick(event_time now) {
             if (now.mono >= last_status_ + cfg_.status_interval) send_status(now, false);
             maybe_send_status(now);
             if (txn_ == txn_state::open && now.mono >= txn_opened_at_ + cfg_.kafka_txn_max) try_commit(now);
+            if (now.mono >= gap_probe_retry_at_) {
+                gap_probe_retry_at_ = steady_time::max();
+                maybe_probe_gap();
+            }
             if (txn_ == txn_state::initializing && now.mono >= txn_retry_at_) {
                 txn_retry_at_ = steady_time::max();
                 cmds_.emplace_back(cmd::init_txn{});
@@ -571,6 +576,7 @@ steady_time relay_session::next_deadline() const noexcept {
             if (phase_ != session_phase::streaming) d = std::min(d, phase_deadline_);
             if (txn_ == txn_state::open && txn_records_ > 0) d = std::min(d, txn_opened_at_ + cfg_.kafka_txn_max);
             if (txn_ == txn_state::initializing) d = std::min(d, txn_retry_at_);
+            d = std::min(d, gap_probe_retry_at_);
             return std::min(d, scan_retry_at_);
         }
         case session_phase::reconnect_wait:
@@ -972,6 +978,7 @@ void relay_session::on_txn_done(txn_op op, const txn_outcome& o, event_time now)
             if (o.status == txn_outcome::kind::ok) {
                 txn_ = txn_state::idle;
                 begin_scans();
+                maybe_probe_gap();
                 release_txn_wait();
                 return;
             }
@@ -1032,6 +1039,58 @@ void relay_session::request_scan(const std::string& topic, topic_state& t) {
     cmds_.emplace_back(cmd::scan_topic{t.scan_id, topic, scan_from_, source_});
 }
 
+// The slot was made at this start, yet Kafka already holds events of this
+// origin: the slot that wrote them is gone, and what was committed between
+// its last confirmed position and the new slot's start was never decoded.
+// Say so rather than carry on.
+void relay_session::slot_gap_found(std::string_view topic, lsn newest, event_time now) {
+    if (slot_gap_checked_) return;
+    slot_gap_checked_ = true;
+    metrics_.slot_gaps.inc();
+    const std::string what = "replication slot " + cfg_.slot + " was created at this start, but topic " +
+                             std::string(topic) + " already holds records of this source up to commit LSN " +
+                             lsn_text(newest) + ": events committed between then and " + lsn_text(scan_from_) +
+                             " (the new slot's start) may be missing";
+    if (!cfg_.accept_slot_gap) {
+        // The slot made at this start goes again, so that every start meets
+        // the same gap until an operator accepts it.
+        drop_slot_on_exit_ = true;
+        fail(exit_code::slot, what + "; the slot made at this start is dropped again. Reconcile them (e.g. re-insert "
+                                     "them from the outbox table), then start with --accept-slot-gap",
+             now);
+        return;
+    }
+    note(cmd::note::level::warn, "event=slot_gap_accepted reason=" + quoted(what));
+}
+
+// Records tell which topics to check; with a new slot there may be none for
+// a long time, so the topics the template can reach are looked at at once.
+void relay_session::maybe_probe_gap() {
+    if (!slot_created_ || slot_gap_checked_ || gap_probe_sent_) return;
+    if (txn_ == txn_state::uninitialized || txn_ == txn_state::initializing) return;
+    gap_probe_sent_ = true;
+    auto [prefix, suffix] = mapper_.topic_affixes();
+    cmds_.emplace_back(cmd::probe_gap{std::move(prefix), std::move(suffix), source_});
+}
+
+void relay_session::on_gap_probe(bool failed, bool found, lsn newest, std::string_view topic, std::string_view message,
+                                 event_time now) {
+    now_ = now;
+    if (stream_ != stream_state::live || slot_gap_checked_) return;
+    if (failed) {
+        note(cmd::note::level::warn, "event=gap_probe_failed reason=" + quoted(message) + " retry_after_ms=1000");
+        gap_probe_sent_ = false;
+        gap_probe_retry_at_ = now.mono + milliseconds{1000};
+        return;
+    }
+    if (found) {
+        slot_gap_found(topic, newest, now);
+        return;
+    }
+    slot_gap_checked_ = true;  // nothing of this origin anywhere: a first start
+    note(cmd::note::level::info, "event=gap_probe_clean slot=" + cfg_.slot);
+}
+
 void relay_session::begin_scans() {
     for (const std::string& topic : std::exchange(deferred_scans_, {})) {
         auto it = topics_.find(topic);
@@ -1057,20 +1116,8 @@ void relay_session::on_scan_done(std::uint64_t scan_id, scan_outcome outcome, ev
             // committed between its last confirmed position and the new
             // slot's start was never decoded. Say so rather than carry on.
             if (slot_created_ && outcome.own_records_seen && !slot_gap_checked_) {
-                slot_gap_checked_ = true;
-                metrics_.slot_gaps.inc();
-                const std::string what = "replication slot " + cfg_.slot +
-                                         " was created at this start, but topic " + it->first +
-                                         " already holds records of this source up to commit LSN " +
-                                         lsn_text(outcome.newest_own) + ": events committed between then and " +
-                                         lsn_text(scan_from_) + " (the new slot's start) may be missing";
-                if (!cfg_.accept_slot_gap) {
-                    fail(exit_code::slot, what + "; reconcile them (e.g. re-insert from the outbox table), then "
-                                                 "start once with --accept-slot-gap",
-                         now);
-                    return;
-                }
-                note(cmd::note::level::warn, "event=slot_gap_accepted reason=" + quoted(what));
+                slot_gap_found(it->first, outcome.newest_own, now);
+                if (phase_ == session_phase::stopping || phase_ == session_phase::stopped) return;
             }
             t.present = std::move(outcome.present);
             t.max_present = t.present.max_commit_lsn();

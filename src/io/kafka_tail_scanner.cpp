@@ -199,6 +199,7 @@ public:
 
         std::int64_t chunk = std::max<std::int64_t>(1, opts_.first_chunk);
         while (std::any_of(parts_.begin(), parts_.end(), [](const partition_state& p) { return !p.done; })) {
+            if (opts_.max_rounds > 0 && res_.rounds >= opts_.max_rounds) break;
             round(chunk);
             chunk = std::min(chunk * 2, max_chunk);
         }
@@ -491,10 +492,19 @@ tail_scan_pool::~tail_scan_pool() {
     for (auto& t : workers_) t.join();
 }
 
+void tail_scan_pool::submit_probe(std::string prefix, std::string suffix, outbox::source_id source,
+                                  probe_done_fn done) {
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        queue_.push_back(job{std::move(prefix), outbox::lsn{}, std::move(source), {}, std::move(suffix), std::move(done)});
+    }
+    cv_.notify_one();
+}
+
 void tail_scan_pool::submit(std::string topic, outbox::lsn from, outbox::source_id source, done_fn done) {
     {
         std::lock_guard<std::mutex> lock(mu_);
-        queue_.push_back(job{std::move(topic), from, std::move(source), std::move(done)});
+        queue_.push_back(job{std::move(topic), from, std::move(source), std::move(done), {}, {}});
     }
     cv_.notify_one();
 }
@@ -508,6 +518,25 @@ void tail_scan_pool::work() {
             if (stopping_) return;
             j = std::move(queue_.front());
             queue_.pop_front();
+        }
+        if (j.probe_done) {
+            std::optional<gap_probe_result> result;
+            std::optional<tail_scan_error> error;
+            try {
+                tail_scan_options o = base_;
+                o.source = std::move(j.source);
+                result = probe_own_records(o, j.topic, j.suffix);
+            } catch (const tail_scan_error& e) {
+                error = e;
+            } catch (const std::exception& e) {
+                error = tail_scan_error(fmt::format("gap probe: {}", e.what()), false);
+            }
+            boost::asio::post(ioc_, [w = std::weak_ptr<int>(alive_), done = std::move(j.probe_done),
+                                     result = std::move(result), error = std::move(error)]() mutable {
+                if (w.expired()) return;
+                done(std::move(result), std::move(error));
+            });
+            continue;
         }
         std::optional<tail_scan_result> result;
         std::optional<tail_scan_error> error;
@@ -528,6 +557,40 @@ void tail_scan_pool::work() {
             done(std::move(result), std::move(error));
         });
     }
+}
+
+gap_probe_result probe_own_records(const tail_scan_options& opts, const std::string& prefix, const std::string& suffix) {
+    gap_probe_result out;
+    tail_scan_options o = opts;
+    o.max_rounds = 1;  // the newest records of each partition only
+    // The topic names: one metadata request for all of them.
+    error_state errs;
+    consumer_ptr rk = make_consumer(o, errs);
+    const rd_kafka_metadata_t* raw = nullptr;
+    const auto err = rd_kafka_metadata(rk.get(), 1, nullptr, &raw, static_cast<int>(o.deadline.count()));
+    metadata_ptr md{raw};
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+        throw tail_scan_error(fmt::format("gap probe: cannot list topics: {}", rd_kafka_err2str(err)), false);
+    std::vector<std::string> names;
+    for (int i = 0; i < md->topic_cnt; ++i) {
+        const std::string_view t = md->topics[i].topic;
+        if (t.size() < prefix.size() + suffix.size() || !t.starts_with(prefix) || !t.ends_with(suffix)) continue;
+        if (t.starts_with("__")) continue;  // Kafka's own
+        names.emplace_back(t);
+    }
+    md.reset();
+    rk.reset();
+    for (const std::string& t : names) {
+        ++out.topics_probed;
+        // Every record of this origin is below LSN max: the first chunk decides.
+        auto r = scan_topic_tail(o, t, lsn{~std::uint64_t{0}});
+        if (r.own_records_seen && (!out.found || r.newest_own > out.newest_own)) {
+            out.found = true;
+            out.newest_own = r.newest_own;
+            out.topic = t;
+        }
+    }
+    return out;
 }
 
 }  // namespace outbox::io

@@ -12,6 +12,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 namespace outbox::io {
@@ -320,6 +321,26 @@ setup_result prepare_postgres(const relay_config& cfg) {
     ok.table_oid = static_cast<std::uint32_t>(std::stoul(relid));
     ok.partitioned = partitioned;
     return ok;
+}
+
+std::string drop_replication_slot(const relay_config& cfg, std::chrono::seconds wait) {
+    const char* keys[] = {"dbname", "application_name", nullptr};
+    const char* vals[] = {cfg.postgres.c_str(), "outbox-relay-setup", nullptr};
+    conn_ptr conn(PQconnectdbParams(keys, vals, /*expand_dbname=*/1));
+    if (!conn || PQstatus(conn.get()) != CONNECTION_OK)
+        return "cannot connect: " + (conn ? one_line(PQerrorMessage(conn.get())) : std::string("out of memory"));
+    session db(conn.get());
+    const std::string lit = db.literal(cfg.slot);
+    const auto deadline = std::chrono::steady_clock::now() + wait;
+    for (;;) {
+        auto r = db.exec("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = " + lit +
+                         " AND NOT active");
+        auto left = db.exec("SELECT count(*) FROM pg_replication_slots WHERE slot_name = " + lit);
+        if (left && std::string_view(PQgetvalue(left.get(), 0, 0)) == "0") return {};
+        if (std::chrono::steady_clock::now() >= deadline)
+            return r ? "the slot is still active" : db.error();
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
 }
 
 }  // namespace outbox::io

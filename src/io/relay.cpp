@@ -12,6 +12,7 @@
 #include "outbox_relay/io/kafka_sink.hpp"
 #include "outbox_relay/io/kafka_tail_scanner.hpp"
 #include "outbox_relay/io/log.hpp"
+#include "outbox_relay/io/pg_setup.hpp"
 #include "outbox_relay/io/replication_stream.hpp"
 #include "outbox_relay/relay_session.hpp"
 
@@ -277,6 +278,20 @@ struct relay::impl {
         });
     }
 
+    void run(cmd::probe_gap& c) {
+        scans_->submit_probe(c.prefix, c.suffix, c.source,
+                             [this](std::optional<gap_probe_result> r, std::optional<tail_scan_error> e) {
+                                 if (stopped_) return;
+                                 if (r)
+                                     log::info(mod, "event=gap_probe topics={} found={} newest={} topic={}",
+                                               r->topics_probed, r->found, r->newest_own.to_string(), r->topic);
+                                 session_.on_gap_probe(!r, r && r->found, r ? r->newest_own : lsn{},
+                                                       r ? std::string_view(r->topic) : std::string_view(),
+                                                       e ? std::string_view(e->what()) : std::string_view(), now());
+                                 execute();
+                             });
+    }
+
     void run(cmd::recreate_producer& c) {
         sink_.reset();
         try {
@@ -307,9 +322,20 @@ struct relay::impl {
         ++stream_gen_;
         bury_stream();
         scans_.reset();
+        if (c.drop_slot) drop_slot();
         log::info(mod, "event=stopped exit_code={} confirmed={}", exit_code_, session_.confirmed().to_string());
         // Purges what is still queued: nothing more is confirmed for it.
         boost::asio::post(ioc_, [this] { sink_.reset(); });
+    }
+
+    // Drops the slot (the session's decision, at exit: blocking is fine). Its
+    // walsender may take a moment to let go of it after the stream stopped.
+    void drop_slot() {
+        const auto r = drop_replication_slot(cfg_, std::chrono::seconds(10));
+        if (r.empty())
+            log::warn(mod, "event=slot_dropped slot={}", cfg_.slot);
+        else
+            log::error(mod, "event=slot_drop_failed slot={} reason={}", cfg_.slot, log::quote(r));
     }
 
     // ---- I/O objects -----------------------------------------------------

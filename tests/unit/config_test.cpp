@@ -289,7 +289,7 @@ TEST_CASE("float_or_object_value_in_file_rejected") {
 }
 
 TEST_CASE("bad_metrics_listen") {
-    for (const char* v : {"9100", ":9100", "host:", "host:0", "host:65536", "host:x", "::1:9100", "[]:1"}) {
+    for (const char* v : {"9100", ":9100", "host:", "host:65536", "host:x", "::1:9100", "[]:1"}) {
         CAPTURE(v);
         CHECK(bad_flag("metrics-listen", v).key == "metrics-listen");
     }

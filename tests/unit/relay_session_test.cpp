@@ -917,6 +917,7 @@ TEST_CASE("recreated_slot_with_this_sources_records_in_kafka_exits_16") {
     CHECK(d.stopped->code == exit_code::slot);
     CHECK(d.stopped->reason.find("0/5000") != std::string::npos);
     CHECK(d.stopped->reason.find("--accept-slot-gap") != std::string::npos);
+    CHECK(d.stopped->drop_slot);  // so the next start meets the same gap
     CHECK(d.session().metrics().slot_gaps.value() == 1);
 }
 
@@ -934,6 +935,37 @@ TEST_CASE("recreated_slot_gap_accepted_carries_on_and_counts_it") {
     CHECK(d.out.size() == 1);
     CHECK_FALSE(d.stopped);
     CHECK(d.session().metrics().slot_gaps.value() == 1);
+}
+
+TEST_CASE("recreated_slot_is_probed_at_once_without_waiting_for_records") {
+    driver d(delivery_mode::exactly_once);
+    d.session().set_slot_created(true);
+    d.streaming(lsn{0x9000});
+    std::optional<cmd::probe_gap> probe;
+    // The probe command is issued at the stream start; capture it from the kinds log.
+    d.session().on_gap_probe(false, true, lsn{0x5000}, "outbox.event.order", "", d.now());
+    d.drain();
+    d.stream_stopped();
+    REQUIRE(d.stopped);
+    CHECK(d.stopped->code == exit_code::slot);
+    CHECK(d.stopped->drop_slot);
+    CHECK(d.stopped->reason.find("outbox.event.order") != std::string::npos);
+}
+
+TEST_CASE("clean_gap_probe_means_a_first_start") {
+    driver d(delivery_mode::exactly_once);
+    d.session().set_slot_created(true);
+    d.streaming();
+    d.session().on_gap_probe(false, false, lsn{}, "", "", d.now());
+    d.drain();
+    d.txn(0x1000, 1);
+    scan_outcome o;
+    o.own_records_seen = true;  // further back than the probe looked: not a gap once probed clean
+    o.newest_own = lsn{0x50};
+    d.session().on_scan_done(d.scans[0].id, std::move(o), d.now());
+    d.drain();
+    CHECK_FALSE(d.stopped);
+    CHECK(d.out.size() == 1);
 }
 
 TEST_CASE("first_start_without_this_sources_records_proceeds") {

@@ -87,6 +87,8 @@ struct tail_scan_options {
     const std::atomic<bool>* cancel = nullptr;
     // Whose records count (see above); empty: every record with a position.
     outbox::source_id source;
+    // Stop after this many rounds (0: as many as the stop rule needs).
+    std::size_t max_rounds = 0;
 };
 
 // Why a scan failed. `permanent`: waiting cannot cure it (authorisation or
@@ -123,6 +125,20 @@ struct tail_scan_result {
 // of secret properties are not shown). Any thread; one scan per call.
 tail_scan_result scan_topic_tail(const tail_scan_options& opts, const std::string& topic, outbox::lsn from);
 
+struct gap_probe_result {
+    bool found = false;           // a topic holds records of opts.source's origin
+    outbox::lsn newest_own;       // the highest commit LSN among them
+    std::string topic;            // where
+    std::size_t topics_probed = 0;
+};
+
+// Looks for records of opts.source's origin in the newest records (the first
+// chunk) of every partition of every topic named prefix...suffix: the topics
+// the routing template can reach. Used when the relay had to create its slot,
+// before any record tells it which topics matter. Blocking (a worker
+// thread); throws tail_scan_error like scan_topic_tail.
+gap_probe_result probe_own_records(const tail_scan_options& opts, const std::string& prefix, const std::string& suffix);
+
 // Runs tail scans off the loop thread: each on a worker thread (at most
 // `max_parallel` at once, the rest queued in order), with the completion
 // posted to `ioc`. Only `ioc`'s thread may call submit() and destroy the
@@ -139,6 +155,10 @@ public:
     tail_scan_pool(const tail_scan_pool&) = delete;
     tail_scan_pool& operator=(const tail_scan_pool&) = delete;
 
+    // Queues a gap probe (probe_own_records) with the base options.
+    using probe_done_fn = std::function<void(std::optional<gap_probe_result>, std::optional<tail_scan_error>)>;
+    void submit_probe(std::string prefix, std::string suffix, outbox::source_id source, probe_done_fn done);
+
     // Queues a scan of `topic` from `from` with the base options, counting
     // only `source`'s records (empty: every record with a position).
     void submit(std::string topic, outbox::lsn from, outbox::source_id source, done_fn done);
@@ -149,6 +169,9 @@ private:
         outbox::lsn from;
         outbox::source_id source;
         done_fn done;
+        // A gap probe instead of a scan: topic = prefix, suffix here.
+        std::string suffix;
+        probe_done_fn probe_done;
     };
     void work();
 

@@ -4,6 +4,7 @@
 #include "outbox_relay/config.hpp"
 #include "outbox_relay/exit_code.hpp"
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 
@@ -27,5 +28,10 @@ struct setup_result {
 // (publish = 'insert') and the pgoutput slot when missing and
 // cfg.create_slot is set. Blocking; call before the loop streams.
 setup_result prepare_postgres(const relay_config& cfg);
+
+// Drops cfg.slot, retrying while it is still active (a walsender letting go)
+// for up to `wait`. Blocking. Returns an empty string on success (or when
+// the slot is already gone), else why not.
+std::string drop_replication_slot(const relay_config& cfg, std::chrono::seconds wait);
 
 }  // namespace outbox::io
