@@ -468,8 +468,25 @@ check_report run_check(const check_options& o) {
             rep = analyse(o, t, recs, kr);
         }
         bool complete = rep.missing == 0 && (!o.expect || *o.expect == rep.expected);
-        if (complete || clock::now() >= deadline) return rep;
-        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        if (!complete && clock::now() < deadline) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(500));
+            continue;
+        }
+        // Complete (or out of time): keep reading until the topics are quiet
+        // for o.quiet, so that a late duplicate (a zombie's record, a replay
+        // still on its way) is counted rather than missed.
+        const auto quiet_deadline = clock::now() + std::max(o.quiet * 5, std::chrono::milliseconds(10'000));
+        std::size_t seen = recs.size();
+        auto quiet_since = clock::now();
+        while (o.quiet.count() > 0 && clock::now() - quiet_since < o.quiet && clock::now() < quiet_deadline) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(250));
+            kr.catch_up(clock::now() + std::chrono::seconds(10), recs);
+            if (recs.size() != seen) {
+                seen = recs.size();
+                quiet_since = clock::now();
+            }
+        }
+        return analyse(o, t, recs, kr);
     }
 }
 

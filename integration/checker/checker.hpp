@@ -30,6 +30,9 @@ struct check_options {
     // one commit LSN carry seq 0..n-1 exactly once each.
     bool check_lsn_headers = false;
     std::chrono::milliseconds wait{0};                    // re-read until missing=0 or this passes
+    // Then read on until no record arrived for this long (late duplicates
+    // are counted too); 0 = stop at once.
+    std::chrono::milliseconds quiet{2000};
     std::optional<std::size_t> expect;                    // the table must hold exactly this many rows
     std::size_t max_samples = 10;                         // problem descriptions kept in the report
     // Ids whose first record's outbox-relay.commit-lsn header is returned in

@@ -1,5 +1,7 @@
 #include "faults_support.hpp"
 
+#include "http_get.hpp"
+
 #include <librdkafka/rdkafka.h>
 
 #include <chrono>
@@ -169,6 +171,18 @@ bool wait_new_walsender(scenario& sc, relay_process& r, std::optional<int> old_p
                                  "), log " + r.log_path().string() + ":\n" + r.log_text(4000));
     }
     return ok;
+}
+
+std::optional<double> relay_metric(const relay_process& r, const std::string& name) {
+    const auto port = outbox::it::metrics_port_of(r.log_text());
+    if (!port) return std::nullopt;
+    try {
+        const auto resp = outbox::it::http_get("127.0.0.1", *port, "/metrics");
+        if (resp.status != 200) return std::nullopt;
+        return metric_value(resp.body, name);
+    } catch (const std::exception&) {
+        return std::nullopt;
+    }
 }
 
 bool exactly_once(const check::check_report& r) {

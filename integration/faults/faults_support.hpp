@@ -41,6 +41,11 @@ std::optional<std::chrono::system_clock::time_point> log_time_of(const std::stri
 // Prometheus text `text`; nullopt if absent. Sums every series of the name.
 std::optional<double> metric_value(const std::string& text, const std::string& name);
 
+// Value of metric `name` on the /metrics of relay `r` (started with
+// --metrics-listen 127.0.0.1:0; the port is read from its log); nullopt when
+// the relay has not listened yet, is gone, or lacks the metric.
+std::optional<double> relay_metric(const relay_process& r, const std::string& name);
+
 // Seed from $OUTBOX_FAULTS_SEED when set (to replay a failure), else from the
 // clock. The caller prints it. Never 0.
 std::uint64_t pick_seed();

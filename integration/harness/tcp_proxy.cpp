@@ -115,6 +115,12 @@ void tcp_proxy::blackhole(bool on) {
     while (rounds_.load() < r + 2) std::this_thread::yield();
 }
 
+void tcp_proxy::drop_client_bytes(bool on) {
+    hold_up_.store(on);
+    const std::uint64_t r = rounds_.load();
+    while (rounds_.load() < r + 2) std::this_thread::yield();
+}
+
 void tcp_proxy::run() {
     std::list<conn> conns;
     auto close_conn = [](conn& c) {
@@ -126,6 +132,7 @@ void tcp_proxy::run() {
     while (!stop_.load()) {
         ++rounds_;
         const bool hole = blackhole_.load();
+        const bool hold_up = hold_up_.load();
         std::vector<pollfd> fds;
         fds.push_back({listen_fd_, POLLIN, 0});
         // While the path is a blackhole nothing is read or written: the
@@ -136,7 +143,7 @@ void tcp_proxy::run() {
                 if (!c.to_up.eof && c.to_up.buf.size() < max_buffered) down_ev |= POLLIN;
                 if (!c.to_down.eof && c.to_down.buf.size() < max_buffered) up_ev |= POLLIN;
                 if (!c.to_down.buf.empty()) down_ev |= POLLOUT;
-                if (!c.to_up.buf.empty()) up_ev |= POLLOUT;
+                if (!hold_up && !c.to_up.buf.empty()) up_ev |= POLLOUT;
                 fds.push_back({c.down, down_ev, 0});
                 fds.push_back({c.up, up_ev, 0});
             }
@@ -167,8 +174,9 @@ void tcp_proxy::run() {
         }
         if (hole) continue;
         for (conn& c : conns) {
-            bool ok = pull(c.down, c.to_up) && pull(c.up, c.to_down) && push(c.up, c.to_up, bytes_) &&
-                      push(c.down, c.to_down, bytes_);
+            bool ok = pull(c.down, c.to_up) && pull(c.up, c.to_down);
+            if (ok && hold_up) c.to_up.buf.clear();  // dropped on the way
+            ok = ok && (hold_up || push(c.up, c.to_up, bytes_)) && push(c.down, c.to_down, bytes_);
             // Both sides closed and everything passed on: done.
             if (!ok || (c.to_up.shut && c.to_down.shut)) close_conn(c);
         }

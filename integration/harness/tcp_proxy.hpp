@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 
 namespace outbox::it {
@@ -32,6 +33,12 @@ public:
     // seen it (no byte moves after blackhole(true) returns).
     void blackhole(bool on);
 
+    // Drops what clients send (for a replication client: its status
+    // updates, so the server never hears what it confirmed), while the
+    // server's data still flows. Dropped, not held: ending this mode never
+    // delivers them late. Same synchronisation as blackhole().
+    void drop_client_bytes(bool on);
+
     // Connections accepted so far, and bytes forwarded (both directions).
     std::size_t accepted() const noexcept { return accepted_.load(); }
     std::size_t bytes_forwarded() const noexcept { return bytes_.load(); }
@@ -45,6 +52,7 @@ private:
     int port_ = 0;
     std::atomic<bool> stop_{false};
     std::atomic<bool> blackhole_{false};
+    std::atomic<bool> hold_up_{false};
     std::atomic<std::size_t> accepted_{0};
     std::atomic<std::size_t> bytes_{0};
     std::atomic<std::uint64_t> rounds_{0};  // forwarding loop iterations

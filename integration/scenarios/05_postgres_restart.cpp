@@ -47,11 +47,12 @@ TEST_CASE("05_postgres_restart") {
     REQUIRE(w.stop().empty());
     CHECK(w.reconnects() >= 1);  // the writer really was writing across the restart
 
-    auto rep = sc.check(180s, /*allow_duplicates=*/true, w.rows());
+    auto rep = sc.check(180s, /*allow_duplicates=*/false, w.rows());
     for (const auto& s : rep.samples) MESSAGE("checker: " << s);
     INFO(rep.summary());
     CHECK(rep.ok());
     CHECK(rep.missing == 0);
+    CHECK(rep.duplicated == 0);  // exactly once in the default mode
     CHECK(relay.running());
     MESSAGE("05_postgres_restart rows=" << w.rows() << " rows_at_restart=" << rows_at_restart
             << " reconnect_s=" << reconnect_s << " writer_reconnects=" << w.reconnects()

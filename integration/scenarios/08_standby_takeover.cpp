@@ -1,7 +1,7 @@
 // Scenario 8: two relays on one slot. One streams; the other waits (it logs
 // that the slot is busy and keeps retrying). After kill -9 of the first, the
 // second takes over within 15 s (a new active_pid, new events arrive) and
-// nothing is lost (duplicates allowed).
+// nothing is lost and nothing is written twice.
 #include "scenario_support.hpp"
 
 #include <doctest/doctest.h>
@@ -38,7 +38,7 @@ TEST_CASE("08_standby_takeover") {
     // Traffic before the kill, still with A.
     outbox_writer w(env().pg, sc.table(), "pay", 20, 5);
     for (int i = 0; i < 100; ++i) w.write_txn(10);
-    auto before = sc.check(60s, true, w.rows());
+    auto before = sc.check(60s, false, w.rows());
     REQUIRE_MESSAGE(before.missing == 0, before.summary());
 
     // Act: kill A and time the takeover.
@@ -56,11 +56,12 @@ TEST_CASE("08_standby_takeover") {
 
     REQUIRE(wait_until(clock::now() + 120s, [&] { return w.background_done(); }));
     REQUIRE(w.stop().empty());
-    auto rep = sc.check(120s, /*allow_duplicates=*/true, w.rows());
+    auto rep = sc.check(120s, /*allow_duplicates=*/false, w.rows());
     for (const auto& s : rep.samples) MESSAGE("checker: " << s);
     INFO(rep.summary());
     CHECK(rep.ok());
     CHECK(rep.missing == 0);
+    CHECK(rep.duplicated == 0);  // exactly once in the default mode
     MESSAGE("08_standby_takeover takeover_s=" << takeover_s << " rows=" << w.rows() << " duplicates=" << rep.duplicated
             << " " << rep.summary());
 }

@@ -177,6 +177,17 @@ relay_process& scenario::start_relay(const std::string& name, const std::vector<
     return *relays_.back();
 }
 
+relay_process& scenario::start_relay_via(const std::string& conninfo, const std::string& name,
+                                         const std::vector<std::string>& extra) {
+    relay_options o;
+    o.args = relay_args(extra);
+    for (std::size_t i = 0; i + 1 < o.args.size(); ++i)
+        if (o.args[i] == "--postgres") o.args[i + 1] = conninfo;
+    o.log_path = relay_log_path(tag_ + "-" + name);
+    relays_.push_back(std::make_unique<relay_process>(std::move(o)));
+    return *relays_.back();
+}
+
 void scenario::wait_streaming(relay_process& r, std::chrono::seconds timeout) {
     bool ok = wait_until(clock::now() + timeout, [&] {
         if (!r.running()) return true;  // reported below

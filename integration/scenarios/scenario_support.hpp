@@ -102,6 +102,9 @@ public:
     // Starts a relay (log under the build dir, stem = tag + name). The
     // returned reference lives as long as the scenario.
     relay_process& start_relay(const std::string& name = "relay", const std::vector<std::string>& extra = {});
+    // The same, reaching Postgres through `conninfo` (e.g. a tcp_proxy's port).
+    relay_process& start_relay_via(const std::string& conninfo, const std::string& name,
+                                   const std::vector<std::string>& extra = {});
     // Waits until the slot is active (the relay streams). On timeout throws
     // with the relay's log tail.
     void wait_streaming(relay_process& r, std::chrono::seconds timeout = 60s);
