@@ -18,6 +18,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <optional>
 #include <vector>
 
 namespace outbox {
@@ -66,6 +67,12 @@ public:
     // Commit times of the transactions with records that the last moves of
     // confirmed() passed, oldest first; cleared by the call.
     std::vector<std::int64_t> take_confirmed_commit_times();
+
+    // Commit time (µs since 2000-01-01) of the oldest transaction with
+    // records that is not confirmed yet (abandoned ones excluded: they are
+    // resent and counted again); nullopt when there is none. For the lag in
+    // seconds.
+    std::optional<std::int64_t> oldest_pending_commit_ts() const noexcept;
 
     lsn confirmed() const noexcept { return confirmed_; }
     bool idle() const noexcept { return !open_ && in_flight_ == 0; }

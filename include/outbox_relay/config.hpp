@@ -11,7 +11,9 @@
 // variables and flags are errors; "config" / OUTBOX_RELAY_CONFIG (the file
 // path) are skipped.
 #include "outbox_relay/errc.hpp"
+#include "outbox_relay/log_text.hpp"
 #include "outbox_relay/outbox.hpp"
+#include "outbox_relay/secrets.hpp"  // redact_conninfo (moved there: one module for every secret)
 
 #include <chrono>
 #include <cstdint>
@@ -29,6 +31,10 @@ enum class delivery_mode { exactly_once, at_least_once };
 
 struct relay_config {
     std::string postgres;                     // libpq conninfo or URI (secret: never log raw)
+    std::string postgres_password_file;       // read by the shell into postgres_password
+    // Not an option: the content of postgres_password_file, given to libpq
+    // as its `password` keyword (never on a command line, never printed).
+    std::string postgres_password;
     std::string brokers;                      // bootstrap.servers
     std::string slot = "outbox_relay";
     std::string publication = "outbox_relay_pub";
@@ -43,8 +49,13 @@ struct relay_config {
     std::chrono::milliseconds scan_timeout{60'000};          // bound on one exactly-once tail scan
     std::chrono::milliseconds pg_silence_timeout{30'000};    // nothing heard from Postgres this long: connection dead
     unsigned producer_restart_limit = 10;     // fatal producer errors in a row (no ack between) before exit 25
-    std::string metrics_listen;               // "host:port", empty = off
+    std::string metrics_listen;               // "host:port", empty = off; a bare port binds 127.0.0.1
+    std::size_t metrics_max_connections = 64; // more open HTTP connections are closed at once
+    std::chrono::milliseconds ready_stall{30'000};  // records pending and no ack/commit this long: not ready
+    std::chrono::milliseconds slot_status_interval{5'000};  // how often the slot's WAL figures are read (0: never)
+    std::chrono::milliseconds progress_interval{30'000};    // the info progress line (0: never)
     std::string log_level = "info";
+    log_format log_fmt = log_format::keyvalue;
     bool create_slot = true;                  // create publication + slot when missing
     bool accept_slot_gap = false;             // carry on when a recreated slot may have left a gap
     std::string dead_letter_topic;            // rows that cannot be delivered for good go here; empty = stop instead
@@ -60,7 +71,10 @@ struct option_spec {
     std::string_view name;
     std::string_view help;
     bool required = false;
-    bool secret = false;  // value never printed
+    // The value is (or may hold) a secret: `show` must return it redacted
+    // (tests/unit/config_test.cpp checks every such option), and errors never
+    // echo it.
+    bool secret = false;
     std::string (*apply)(relay_config&, const std::string& value);
     std::string (*show)(const relay_config&);
 };
@@ -81,12 +95,15 @@ result<relay_config> build_config(std::string_view file_json, std::string_view f
                                   const std::map<std::string, std::string>& env,
                                   const std::vector<std::pair<std::string, std::string>>& flags);
 
+// The effective configuration as a JSON object in the config file's syntax
+// (every option of the table by its `show`, plus "kafka"), with secrets
+// redacted (secret options' `show`, is_secret_kafka_property). Pretty-printed
+// with `indent` spaces. For `run --print-config`.
+std::string effective_config_json(const relay_config& cfg, int indent = 2);
+
 // Why the relay refuses a user setting of librdkafka property `name`, or an
 // empty view when it may be set. One list for the config layer (which names
 // the source) and the Kafka sink (which forces these last).
 std::string_view refused_kafka_property(std::string_view name) noexcept;
-
-// The conninfo with any password replaced by "********" (key=value and URI forms).
-std::string redact_conninfo(std::string_view conninfo);
 
 }  // namespace outbox

@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -150,6 +151,50 @@ struct relay_metrics {
     counter& producer_recreated;   // outbox_relay_producer_recreated_total
     counter& status_updates_sent;  // outbox_relay_status_updates_sent_total
     histogram& commit_to_ack;      // outbox_relay_commit_to_ack_seconds
+
+    // ---- operability (issue 11)
+    gauge& build_info;             // outbox_relay_build_info{version,commit} 1
+    gauge& lag_bytes;              // outbox_relay_replication_lag_bytes: received - confirmed
+    gauge& lag_seconds;            // outbox_relay_replication_lag_seconds: age of the oldest unconfirmed commit
+    gauge& slot_retained_wal;      // outbox_relay_slot_retained_wal_bytes: pg_current_wal_lsn() - restart_lsn
+    gauge& slot_safe_wal_size;     // outbox_relay_slot_safe_wal_size_bytes (-1: no limit)
+    gauge& slot_active_pid;        // outbox_relay_slot_active_pid (0: no walsender holds it)
+    gauge& slot_status_up;         // outbox_relay_slot_status_up: 1 when the last slot read succeeded
+    gauge& kafka_brokers_up;       // outbox_relay_kafka_brokers_up
+    gauge& kafka_brokers_known;    // outbox_relay_kafka_brokers_known
+    gauge& kafka_queue_messages;   // outbox_relay_kafka_queue_messages (librdkafka msg_cnt)
+    gauge& kafka_queue_bytes;      // outbox_relay_kafka_queue_bytes (msg_size)
+    gauge& kafka_rtt_avg;          // outbox_relay_kafka_broker_rtt_avg_seconds (the slowest UP broker)
+    counter& kafka_retries;        // outbox_relay_kafka_request_retries_total (txretries)
+    counter& kafka_tx_errors;      // outbox_relay_kafka_transmission_errors_total (txerrs)
+    counter& kafka_stats_received; // outbox_relay_kafka_stats_total
+
+    // outbox_relay_slot_wal_status{status=reserved|extended|unreserved|lost}:
+    // 1 for the slot's current wal_status, 0 for the others (all 0: unknown).
+    void set_wal_status(std::string_view status);
+
+    // outbox_relay_topic_records_total{topic} / outbox_relay_topic_bytes_total{topic}:
+    // records Kafka acknowledged, per topic. At most topic_series_cap topics
+    // get their own series; every later topic is counted under
+    // topic="_other", so a routing template with unbounded values cannot
+    // grow the scrape without bound.
+    static constexpr std::size_t topic_series_cap = 100;
+    struct topic_series {
+        counter* records;
+        counter* bytes;
+    };
+    topic_series topic(std::string_view name);
+
+private:
+    std::unordered_map<std::string, topic_series> topics_;
+    std::string last_topic_;
+    topic_series last_{nullptr, nullptr};
+    std::vector<std::pair<std::string, gauge*>> wal_status_;
 };
+
+// Version and commit the binary was built from (CMake: project version and
+// `git rev-parse --short HEAD` at configure time, "unknown" outside git).
+std::string_view build_version() noexcept;
+std::string_view build_commit() noexcept;
 
 }  // namespace outbox

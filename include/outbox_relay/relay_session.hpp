@@ -27,6 +27,7 @@
 #include "outbox_relay/config.hpp"
 #include "outbox_relay/dedupe.hpp"
 #include "outbox_relay/exit_code.hpp"
+#include "outbox_relay/kafka_stats.hpp"
 #include "outbox_relay/lsn.hpp"
 #include "outbox_relay/metrics.hpp"
 #include "outbox_relay/outbox.hpp"
@@ -109,6 +110,17 @@ struct scan_outcome {
     bool own_records_seen = false;  // ok: the topic holds records of this origin (any timeline)
     lsn newest_own;              // ok: the highest commit LSN among them
     std::string message;         // failures: why
+};
+
+// The replication slot as pg_replication_slots shows it, read every
+// slot-status-interval-ms over a normal connection off the loop.
+struct slot_status {
+    bool ok = false;                          // the read succeeded and the slot exists
+    std::string error;                        // !ok: why (cannot connect, slot missing, ...)
+    std::optional<std::int64_t> retained_wal; // pg_current_wal_lsn() - restart_lsn, bytes
+    std::string wal_status;                   // reserved | extended | unreserved | lost
+    std::optional<std::int64_t> safe_wal_size;  // bytes; nullopt: max_slot_wal_keep_size = -1 (no limit)
+    std::optional<int> active_pid;            // the walsender holding it
 };
 
 enum class session_phase {
@@ -202,6 +214,17 @@ public:
     void on_tick(event_time now);
     void on_shutdown(event_time now);
 
+    // ---- operability (metrics and readiness only; no rule depends on them)
+    // A librdkafka statistics report of the current producer.
+    void on_kafka_stats(const kafka_stats& s, event_time now);
+    // librdkafka says every broker is down (__ALL_BROKERS_DOWN); `reason` is its text.
+    void on_kafka_brokers_down(std::string_view reason, event_time now);
+    // The slot's figures (slot_status above).
+    void on_slot_status(const slot_status& s, event_time now);
+    // Brings the time-dependent gauges (lag in bytes and seconds) up to `now`;
+    // the shell calls it before rendering /metrics.
+    void refresh_gauges(event_time now);
+
     // ---- commands: what the last events asked for, oldest first. The shell
     // executes them and clears the vector.
     std::vector<command>& commands() noexcept { return cmds_; }
@@ -212,6 +235,12 @@ public:
     session_phase phase() const noexcept { return phase_; }
     // {true, "streaming"} or {false, why not}.
     std::pair<bool, std::string_view> readiness() const noexcept;
+    // What /readyz answers at `now`: ready only while streaming, with a usable
+    // Kafka broker connection (the last statistics showed a broker UP, or an
+    // ack came since librdkafka said all brokers were down), and not stalled
+    // (records pending with no ack or commit for ready-stall-ms). Otherwise
+    // the reason.
+    std::pair<bool, std::string> readiness_at(steady_time now) const;
     lsn confirmed() const noexcept { return tracker_.confirmed(); }
     lsn received() const noexcept { return received_; }
     lsn stream_start() const noexcept { return scan_from_; }
@@ -398,6 +427,16 @@ private:
     position_text pos_text_{record_position{}};
     std::vector<parked_record> released_;
     std::vector<owned_record> dead_letters_;
+
+    // operability: readiness beyond the phase, and lag
+    enum class broker_link { unknown, up, down };
+    broker_link broker_link_ = broker_link::unknown;
+    std::string broker_down_reason_;
+    steady_time last_progress_{};          // last ack or commit, or when records started to be pending
+    std::size_t prev_pending_ = 0;
+    std::uint64_t stats_epoch_ = 0;        // producer generation of the last statistics
+    std::int64_t last_txretries_ = 0, last_txerrs_ = 0;
+    void note_progress() noexcept { last_progress_ = now_.mono; }
 };
 
 }  // namespace outbox

@@ -128,6 +128,12 @@ std::vector<std::int64_t> checkpoint_tracker::take_confirmed_commit_times() {
     return std::exchange(confirmed_commit_ts_, {});
 }
 
+std::optional<std::int64_t> checkpoint_tracker::oldest_pending_commit_ts() const noexcept {
+    for (const txn& t : txns_)
+        if (t.has_records && !t.abandoned) return t.commit_ts;
+    return std::nullopt;
+}
+
 bool checkpoint_tracker::advance() {
     const lsn before = confirmed_;
     bool moved = false;

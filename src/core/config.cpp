@@ -289,6 +289,15 @@ const option_spec option_table[] = {
          return {};
      },
      [](const relay_config& c) { return redact_conninfo(c.postgres); }},
+    {"postgres-password-file",
+     "file holding the Postgres password (given to libpq as `password`, never on the command line; libpq's "
+     "PGPASSFILE / passfile work too)",
+     false, false,
+     [](relay_config& c, const std::string& s) -> std::string {
+         c.postgres_password_file = s;  // read (and checked) by the shell before anything connects
+         return {};
+     },
+     [](const relay_config& c) { return c.postgres_password_file; }},
     {"brokers", "Kafka bootstrap servers, HOST:PORT[,HOST:PORT...]", true, false,
      [](relay_config& c, const std::string& s) -> std::string {
          if (s.empty() || s.front() == ',' || s.back() == ',' || s.find(",,") != std::string::npos ||
@@ -401,13 +410,55 @@ const option_spec option_table[] = {
          return why;
      },
      [](const relay_config& c) { return std::to_string(c.producer_restart_limit); }},
-    {"metrics-listen", "HOST:PORT for /metrics, /healthz, /readyz (empty = off)", false, false,
+    {"metrics-listen", "HOST:PORT or PORT (= 127.0.0.1:PORT) for /metrics, /healthz, /readyz (empty = off)", false, false,
      [](relay_config& c, const std::string& s) -> std::string {
-         if (!s.empty() && !valid_listen(s)) return "must be host:port (port 0-65535), got \"" + s + "\"";
-         c.metrics_listen = s;
+         // A bare port ("9187" or ":9187") binds loopback only: exposing the
+         // endpoint beyond the host is a choice written out ("0.0.0.0:9187").
+         std::string v = s;
+         std::uint64_t port = 0;
+         if (parse_uint(v, &port) && port <= 65535) v = "127.0.0.1:" + v;
+         else if (v.size() > 1 && v.front() == ':' && parse_uint(v.substr(1), &port) && port <= 65535)
+             v = "127.0.0.1" + v;
+         if (!v.empty() && !valid_listen(v))
+             return "must be host:port or port (port 0-65535), got \"" + s + "\"";
+         c.metrics_listen = v;
          return {};
      },
      [](const relay_config& c) { return c.metrics_listen; }},
+    {"metrics-max-connections",
+     "open HTTP connections allowed on metrics-listen; more are closed at once", false, false,
+     [](relay_config& c, const std::string& s) {
+         std::uint64_t n = 0;
+         std::string why = number<1, 10'000>(s, n);
+         c.metrics_max_connections = static_cast<std::size_t>(n);
+         return why;
+     },
+     [](const relay_config& c) { return std::to_string(c.metrics_max_connections); }},
+    {"ready-stall-ms",
+     "/readyz says 503 when records are pending and nothing was acknowledged or committed for this long, ms",
+     false, false, [](relay_config& c, const std::string& s) { return millis<100, 3'600'000>(s, c.ready_stall); },
+     [](const relay_config& c) { return ms_text(c.ready_stall); }},
+    {"slot-status-interval-ms",
+     "how often the slot's retained WAL, wal_status, safe_wal_size and active PID are read (0 = never), ms", false,
+     false,
+     [](relay_config& c, const std::string& s) -> std::string {
+         std::chrono::milliseconds v{0};
+         std::string why = millis<0, 3'600'000>(s, v);
+         if (why.empty() && v.count() > 0 && v.count() < 500) why = "must be 0 or at least 500, got \"" + s + "\"";
+         if (why.empty()) c.slot_status_interval = v;
+         return why;
+     },
+     [](const relay_config& c) { return ms_text(c.slot_status_interval); }},
+    {"progress-interval-ms", "how often the info progress line (events/s, lag) is logged (0 = never), ms", false,
+     false,
+     [](relay_config& c, const std::string& s) -> std::string {
+         std::chrono::milliseconds v{0};
+         std::string why = millis<0, 86'400'000>(s, v);
+         if (why.empty() && v.count() > 0 && v.count() < 1000) why = "must be 0 or at least 1000, got \"" + s + "\"";
+         if (why.empty()) c.progress_interval = v;
+         return why;
+     },
+     [](const relay_config& c) { return ms_text(c.progress_interval); }},
     {"log-level", "debug | info | warn | error", false, false,
      [](relay_config& c, const std::string& s) -> std::string {
          if (s != "debug" && s != "info" && s != "warn" && s != "error")
@@ -416,6 +467,17 @@ const option_spec option_table[] = {
          return {};
      },
      [](const relay_config& c) { return c.log_level; }},
+    {"log-format", "keyvalue | json (one JSON object per line, same keys)", false, false,
+     [](relay_config& c, const std::string& s) -> std::string {
+         if (s == "keyvalue")
+             c.log_fmt = log_format::keyvalue;
+         else if (s == "json")
+             c.log_fmt = log_format::json;
+         else
+             return "must be keyvalue or json, got \"" + s + "\"";
+         return {};
+     },
+     [](const relay_config& c) -> std::string { return c.log_fmt == log_format::json ? "json" : "keyvalue"; }},
     {"create-slot", "create the publication and slot when missing: true | false", false, false,
      [](relay_config& c, const std::string& s) -> std::string {
          if (s != "true" && s != "false") return "must be true or false, got \"" + s + "\"";
@@ -469,6 +531,15 @@ std::string env_name_of(std::string_view option) {
     return s;
 }
 
+std::string effective_config_json(const relay_config& cfg, int indent) {
+    nlohmann::ordered_json j;
+    for (const option_spec& o : options()) j[std::string(o.name)] = o.show(cfg);
+    nlohmann::ordered_json k = nlohmann::ordered_json::object();
+    for (const auto& [prop, value] : cfg.kafka) k[prop] = shown_kafka_value(prop, value);
+    j[std::string(kafka_key)] = std::move(k);
+    return j.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 std::string_view refused_kafka_property(std::string_view name) noexcept {
     for (const auto& r : refused_kafka_props)
         if (r.name == name) return r.why;
@@ -517,113 +588,6 @@ result<relay_config> build_config(std::string_view file_json, std::string_view f
                                 "\": use literal [A-Za-z0-9._-] text and {column} placeholders");
     }
     return cfg;
-}
-
-// ---------------------------------------------------------------------------
-// Redaction
-// ---------------------------------------------------------------------------
-namespace {
-
-constexpr std::string_view mask = "********";
-
-bool iequals(std::string_view a, std::string_view b) {
-    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-               auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; };
-               return lower(x) == lower(y);
-           });
-}
-
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
-
-// postgres://user:secret@host:5432/db?password=secret&sslmode=require
-std::string redact_uri(std::string_view s, std::size_t scheme_len) {
-    std::string out(s.substr(0, scheme_len));
-    std::string_view rest = s.substr(scheme_len);
-    // libpq takes the userinfo up to the first '@' before the path.
-    const auto path = rest.find_first_of("/?");
-    const auto at = rest.substr(0, path).find('@');
-    if (at != std::string_view::npos) {
-        std::string_view userinfo = rest.substr(0, at);
-        const auto colon = userinfo.find(':');
-        if (colon != std::string_view::npos) {
-            out.append(userinfo.substr(0, colon + 1));
-            out.append(mask);
-        } else {
-            out.append(userinfo);
-        }
-        rest = rest.substr(at);
-    }
-    const auto q = rest.find('?');
-    if (q == std::string_view::npos) {
-        out.append(rest);
-        return out;
-    }
-    out.append(rest.substr(0, q + 1));
-    std::string_view query = rest.substr(q + 1);
-    bool first = true;
-    while (true) {
-        const auto amp = query.find('&');
-        std::string_view param = query.substr(0, amp);
-        if (!first) out += '&';
-        first = false;
-        const auto eq = param.find('=');
-        if (eq != std::string_view::npos && iequals(param.substr(0, eq), "password")) {
-            out.append(param.substr(0, eq + 1));
-            out.append(mask);
-        } else {
-            out.append(param);
-        }
-        if (amp == std::string_view::npos) break;
-        query = query.substr(amp + 1);
-    }
-    return out;
-}
-
-// host=db password='it''s \' secret' user=app: parsed as libpq's
-// conninfo_parse does (optional spaces around '=', single-quoted values with
-// backslash escapes, bare values up to whitespace).
-std::string redact_keyword_value(std::string_view s) {
-    std::string out;
-    out.reserve(s.size());
-    std::size_t i = 0;
-    while (i < s.size()) {
-        while (i < s.size() && is_space(s[i])) out += s[i++];
-        if (i >= s.size()) break;
-        const std::size_t key_start = i;
-        while (i < s.size() && s[i] != '=' && !is_space(s[i])) ++i;
-        std::string_view key = s.substr(key_start, i - key_start);
-        out.append(key);
-        while (i < s.size() && is_space(s[i])) out += s[i++];
-        if (i >= s.size() || s[i] != '=') {
-            // Not key=value: libpq rejects it, but the text may still hold a
-            // secret; hide everything from here on rather than guess.
-            if (i < s.size()) out.append(mask);
-            return out;
-        }
-        out += s[i++];  // '='
-        while (i < s.size() && is_space(s[i])) out += s[i++];
-        const std::size_t value_start = i;
-        if (i < s.size() && s[i] == '\'') {
-            ++i;
-            while (i < s.size() && s[i] != '\'') i += (s[i] == '\\' && i + 1 < s.size()) ? 2 : 1;
-            if (i < s.size()) ++i;  // closing quote
-        } else {
-            while (i < s.size() && !is_space(s[i])) i += (s[i] == '\\' && i + 1 < s.size()) ? 2 : 1;
-        }
-        if (iequals(key, "password"))
-            out.append(mask);
-        else
-            out.append(s.substr(value_start, i - value_start));
-    }
-    return out;
-}
-
-}  // namespace
-
-std::string redact_conninfo(std::string_view conninfo) {
-    for (std::string_view scheme : {"postgresql://", "postgres://"})
-        if (conninfo.starts_with(scheme)) return redact_uri(conninfo, scheme.size());
-    return redact_keyword_value(conninfo);
 }
 
 }  // namespace outbox

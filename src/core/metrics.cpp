@@ -334,7 +334,82 @@ relay_metrics::relay_metrics()
       commit_to_ack(registry.add_histogram(
           "outbox_relay_commit_to_ack_seconds",
           "Seconds from a transaction's Postgres commit timestamp until every record of it is acked and confirmable.",
-          std::vector<double>(std::begin(commit_to_ack_buckets), std::end(commit_to_ack_buckets)))) {}
+          std::vector<double>(std::begin(commit_to_ack_buckets), std::end(commit_to_ack_buckets)))),
+      build_info(registry.add_gauge("outbox_relay_build_info", "Always 1; the labels say which build runs.",
+                                    {{"version", std::string(build_version())}, {"commit", std::string(build_commit())}})),
+      lag_bytes(registry.add_gauge(
+          "outbox_relay_replication_lag_bytes",
+          "WAL received from Postgres but not yet confirmed (server WAL end seen by the relay minus confirmed), bytes.")),
+      lag_seconds(registry.add_gauge(
+          "outbox_relay_replication_lag_seconds",
+          "Seconds since the commit of the oldest transaction whose records are not yet confirmed; 0 when none is.")),
+      slot_retained_wal(registry.add_gauge("outbox_relay_slot_retained_wal_bytes",
+                                           "WAL the slot holds on the server: pg_current_wal_lsn() - restart_lsn, bytes.")),
+      slot_safe_wal_size(registry.add_gauge(
+          "outbox_relay_slot_safe_wal_size_bytes",
+          "WAL that can still be written before the slot is in danger of losing what it needs (-1: no limit).")),
+      slot_active_pid(registry.add_gauge("outbox_relay_slot_active_pid",
+                                         "PID of the walsender holding the slot (0: nobody).")),
+      slot_status_up(registry.add_gauge("outbox_relay_slot_status_up",
+                                        "1 when the last read of pg_replication_slots succeeded, else 0.")),
+      kafka_brokers_up(registry.add_gauge("outbox_relay_kafka_brokers_up",
+                                          "Kafka brokers the producer is connected to (state UP).")),
+      kafka_brokers_known(registry.add_gauge("outbox_relay_kafka_brokers_known",
+                                             "Kafka brokers the producer knows (configured or learned).")),
+      kafka_queue_messages(registry.add_gauge("outbox_relay_kafka_queue_messages",
+                                              "Messages in the producer's queues, queued or in flight (msg_cnt).")),
+      kafka_queue_bytes(registry.add_gauge("outbox_relay_kafka_queue_bytes",
+                                           "Bytes of the messages in the producer's queues (msg_size).")),
+      kafka_rtt_avg(registry.add_gauge("outbox_relay_kafka_broker_rtt_avg_seconds",
+                                       "Average broker request round trip of the slowest connected broker, seconds.")),
+      kafka_retries(registry.add_counter("outbox_relay_kafka_request_retries_total",
+                                         "Requests librdkafka sent again (txretries, all producers of this process).")),
+      kafka_tx_errors(registry.add_counter("outbox_relay_kafka_transmission_errors_total",
+                                           "Request transmission errors (txerrs, all producers of this process).")),
+      kafka_stats_received(registry.add_counter("outbox_relay_kafka_stats_total",
+                                                "librdkafka statistics reports received.")) {
+    for (const char* st : {"reserved", "extended", "unreserved", "lost"})
+        wal_status_.emplace_back(st, &registry.add_gauge("outbox_relay_slot_wal_status",
+                                                         "1 for the slot's wal_status, 0 for the others.",
+                                                         {{"status", st}}));
+}
+
+void relay_metrics::set_wal_status(std::string_view status) {
+    for (auto& [name, g] : wal_status_) g->set(name == status ? 1 : 0);
+}
+
+relay_metrics::topic_series relay_metrics::topic(std::string_view name) {
+    // Acks come in runs of one topic: the last one is kept at hand.
+    if (last_.records != nullptr && name == last_topic_) return last_;
+    auto it = topics_.find(std::string(name));
+    if (it == topics_.end()) {
+        std::string label = topics_.size() < topic_series_cap ? std::string(name) : std::string("_other");
+        auto known = topics_.find(label);
+        if (known != topics_.end() && label == "_other") {
+            last_topic_.assign(name);
+            last_ = known->second;
+            return last_;
+        }
+        topic_series s{&registry.add_counter("outbox_relay_topic_records_total",
+                                             "Records Kafka acknowledged, per topic (at most 100 topics, the rest "
+                                             "as topic=\"_other\").",
+                                             {{"topic", label}}),
+                       &registry.add_counter("outbox_relay_topic_bytes_total",
+                                             "Bytes (key + value + headers) of the records Kafka acknowledged, per "
+                                             "topic (at most 100 topics, the rest as topic=\"_other\").",
+                                             {{"topic", label}})};
+        it = topics_.emplace(label, s).first;
+    }
+    last_topic_.assign(name);
+    last_ = it->second;
+    return last_;
+}
+
+#ifndef OUTBOX_RELAY_COMMIT
+#define OUTBOX_RELAY_COMMIT "unknown"
+#endif
+std::string_view build_version() noexcept { return OUTBOX_RELAY_VERSION; }
+std::string_view build_commit() noexcept { return OUTBOX_RELAY_COMMIT; }
 
 counter& relay_metrics::dead_letter(std::string_view reason) {
     return registry.add_counter("outbox_relay_dead_letters_total",

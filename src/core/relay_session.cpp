@@ -1,5 +1,7 @@
 #include "outbox_relay/relay_session.hpp"
 
+#include "outbox_relay/log_text.hpp"
+
 #include <algorithm>
 #include <cstdlib>
 #include <utility>
@@ -36,9 +38,15 @@ std::string quoted(std::string_view s) {
     std::string out;
     out.reserve(s.size() + 2);
     out += '"';
+    // Server messages and row data reach the log: control characters are
+    // escaped too (log_quote's escapes), so a value never starts a forged line.
     for (char c : s) {
-        if (c == '"' || c == '\\') out += '\\';
-        out += c;
+        if (c == '"' || c == '\\') {
+            out += '\\';
+            out += c;
+        } else {
+            out += escape_controls(std::string_view(&c, 1));
+        }
     }
     out += '"';
     return out;
@@ -616,6 +624,73 @@ void relay_session::on_copy_data(std::string_view frame, event_time now) {
     }
 }
 
+// ---------------------------------------------------------------- operability
+
+void relay_session::on_kafka_stats(const kafka_stats& st, event_time now) {
+    now_ = now;
+    metrics_.kafka_stats_received.inc();
+    metrics_.kafka_brokers_up.set(st.brokers_up);
+    metrics_.kafka_brokers_known.set(st.brokers_known);
+    metrics_.kafka_queue_messages.set(static_cast<double>(st.msg_cnt));
+    metrics_.kafka_queue_bytes.set(static_cast<double>(st.msg_size));
+    metrics_.kafka_rtt_avg.set(st.rtt_avg_max_s);
+    // librdkafka counts per producer; a new producer starts from 0 again.
+    if (stats_epoch_ != producer_epoch_) {
+        stats_epoch_ = producer_epoch_;
+        last_txretries_ = last_txerrs_ = 0;
+    }
+    if (st.txretries > last_txretries_) metrics_.kafka_retries.inc(static_cast<std::uint64_t>(st.txretries - last_txretries_));
+    if (st.txerrs > last_txerrs_) metrics_.kafka_tx_errors.inc(static_cast<std::uint64_t>(st.txerrs - last_txerrs_));
+    last_txretries_ = std::max(last_txretries_, st.txretries);
+    last_txerrs_ = std::max(last_txerrs_, st.txerrs);
+    if (st.brokers_up > 0) {
+        broker_link_ = broker_link::up;
+    } else {
+        broker_link_ = broker_link::down;
+        broker_down_reason_ = "no Kafka broker connection (" + std::to_string(st.brokers_known) +
+                              " brokers known, none up)";
+    }
+}
+
+void relay_session::on_kafka_brokers_down(std::string_view reason, event_time now) {
+    now_ = now;
+    broker_link_ = broker_link::down;
+    broker_down_reason_ = "no Kafka broker connection: " + std::string(reason);
+    metrics_.kafka_brokers_up.set(0);
+}
+
+void relay_session::on_slot_status(const slot_status& st, event_time now) {
+    now_ = now;
+    metrics_.slot_status_up.set(st.ok ? 1 : 0);
+    if (!st.ok) return;  // the last figures stay; slot_status_up says they are old
+    metrics_.slot_retained_wal.set(st.retained_wal ? static_cast<double>(*st.retained_wal) : 0);
+    metrics_.slot_safe_wal_size.set(st.safe_wal_size ? static_cast<double>(*st.safe_wal_size) : -1);
+    metrics_.slot_active_pid.set(st.active_pid ? *st.active_pid : 0);
+    metrics_.set_wal_status(st.wal_status);
+}
+
+void relay_session::refresh_gauges(event_time now) {
+    const lsn c = tracker_.confirmed();
+    metrics_.lag_bytes.set(received_ > c ? static_cast<double>(received_.value() - c.value()) : 0);
+    const auto oldest = tracker_.oldest_pending_commit_ts();
+    metrics_.lag_seconds.set(oldest ? seconds_since_pg_commit(*oldest, now.wall_us) : 0);
+}
+
+std::pair<bool, std::string> relay_session::readiness_at(steady_time now) const {
+    auto [streaming, why] = readiness();
+    if (!streaming) return {false, std::string(why)};
+    if (broker_link_ == broker_link::unknown) return {false, "waiting for a Kafka broker connection"};
+    if (broker_link_ == broker_link::down) return {false, broker_down_reason_};
+    const std::size_t pending = in_flight_records_ + parked_records_ + txn_wait_.size();
+    if ((pending > 0 || txn_ == txn_state::committing) && now - last_progress_ > cfg_.ready_stall) {
+        const auto ms = std::chrono::duration_cast<milliseconds>(now - last_progress_).count();
+        return {false, "stalled: " + std::to_string(pending) + " records pending and nothing acknowledged or "
+                                                                "committed for " +
+                           std::to_string(ms) + " ms"};
+    }
+    return {true, "streaming"};
+}
+
 void relay_session::handle(const walsender::keepalive& k, event_time now) {
     received_ = std::max(received_, k.wal_end);
     metrics_.received_lsn.set(static_cast<double>(received_.value()));
@@ -976,6 +1051,7 @@ void relay_session::on_txn_done(txn_op op, const txn_outcome& o, event_time now)
         case txn_op::init:
             if (txn_ != txn_state::initializing) return;
             if (o.status == txn_outcome::kind::ok) {
+                broker_link_ = broker_link::up;  // the coordinator answered
                 txn_ = txn_state::idle;
                 begin_scans();
                 maybe_probe_gap();
@@ -995,6 +1071,7 @@ void relay_session::on_txn_done(txn_op op, const txn_outcome& o, event_time now)
         case txn_op::commit:
             if (txn_ != txn_state::committing) return;
             if (o.status == txn_outcome::kind::ok) {
+                note_progress();
                 metrics_.kafka_txn_commits.inc();
                 metrics_.kafka_txn_commit.observe(std::chrono::duration<double>(now.mono - txn_commit_asked_).count());
                 bool moved = false;
@@ -1119,6 +1196,7 @@ void relay_session::on_scan_done(std::uint64_t scan_id, scan_outcome outcome, ev
                 slot_gap_found(it->first, outcome.newest_own, now);
                 if (phase_ == session_phase::stopping || phase_ == session_phase::stopped) return;
             }
+            note_progress();
             t.present = std::move(outcome.present);
             t.max_present = t.present.max_commit_lsn();
             t.state = topic_state::st::ready;
@@ -1211,8 +1289,14 @@ void relay_session::on_delivery(record_tag tag, const delivery& d, event_time no
     in_flight_bytes_ -= std::min(in_flight_bytes_, d.bytes);
     const auto txn = static_cast<checkpoint_tracker::txn_id>(tag & tag_txn_mask);
     switch (d.status) {
-        case delivery_status::ok:
+        case delivery_status::ok: {
             metrics_.records_acked.inc();
+            const auto ts = metrics_.topic(d.topic);
+            ts.records->inc();
+            ts.bytes->inc(d.bytes);
+            // An ack is proof of a working broker connection, sooner than the next statistics.
+            broker_link_ = broker_link::up;
+            note_progress();
             fatal_in_a_row_ = 0;
             producer_backoff_ = milliseconds{0};
             // In a Kafka transaction a record counts once the transaction commits.
@@ -1224,6 +1308,7 @@ void relay_session::on_delivery(record_tag tag, const delivery& d, event_time no
             maybe_finish_drain(now);
             maybe_reconnect(now);
             return;
+        }
         case delivery_status::permanent: {
             metrics_.records_failed.inc();
             if (phase_ == session_phase::stopping || phase_ == session_phase::stopped) return;
@@ -1306,6 +1391,9 @@ void relay_session::update_backpressure() {
     metrics_.inflight_bytes.set(static_cast<double>(bytes));
     metrics_.parked_records.set(static_cast<double>(parked_records_ + txn_wait_.size()));
     metrics_.pending_txns.set(static_cast<double>(tracker_.pending_txns()));
+    // The stall clock of /readyz starts when records begin to be pending.
+    if (prev_pending_ == 0 && records > 0) note_progress();
+    prev_pending_ = records;
 }
 
 void relay_session::apply_reading() {

@@ -289,7 +289,7 @@ TEST_CASE("float_or_object_value_in_file_rejected") {
 }
 
 TEST_CASE("bad_metrics_listen") {
-    for (const char* v : {"9100", ":9100", "host:", "host:65536", "host:x", "::1:9100", "[]:1"}) {
+    for (const char* v : {"host:", "host:65536", "host:x", "::1:9100", "[]:1", "65536", ":x", ":"}) {
         CAPTURE(v);
         CHECK(bad_flag("metrics-listen", v).key == "metrics-listen");
     }
@@ -470,4 +470,68 @@ TEST_CASE("every_option_is_reachable_from_env_and_file") {
         ok("", {{outbox::env_name_of(o.name), v}}, required_flags);
         ok("{\"" + std::string(o.name) + "\": \"" + v + "\"}", {}, required_flags);
     }
+}
+
+// ---- issue 11: operability options
+
+TEST_CASE("metrics_listen_bare_port_binds_loopback") {
+    CHECK(ok("", {}, with_required({{"metrics-listen", "9187"}})).metrics_listen == "127.0.0.1:9187");
+    CHECK(ok("", {}, with_required({{"metrics-listen", ":9187"}})).metrics_listen == "127.0.0.1:9187");
+    CHECK(ok("", {}, with_required({{"metrics-listen", "0"}})).metrics_listen == "127.0.0.1:0");
+    CHECK(ok("", {}, with_required({{"metrics-listen", ""}})).metrics_listen.empty());
+}
+
+TEST_CASE("issue11_options_parse_and_check_ranges") {
+    auto c = ok("", {}, with_required({{"metrics-max-connections", "10"}, {"ready-stall-ms", "5000"},
+                                       {"slot-status-interval-ms", "0"}, {"progress-interval-ms", "1000"},
+                                       {"log-format", "json"}, {"postgres-password-file", "/run/secrets/pg"}}));
+    CHECK(c.metrics_max_connections == 10);
+    CHECK(c.ready_stall == std::chrono::milliseconds(5000));
+    CHECK(c.slot_status_interval == std::chrono::milliseconds(0));
+    CHECK(c.progress_interval == std::chrono::milliseconds(1000));
+    CHECK(c.log_fmt == outbox::log_format::json);
+    CHECK(c.postgres_password_file == "/run/secrets/pg");
+    CHECK(c.postgres_password.empty());  // read by the shell, never an option
+    const relay_config d;
+    CHECK(d.metrics_max_connections == 64);
+    CHECK(d.ready_stall == std::chrono::milliseconds(30000));
+    CHECK(d.log_fmt == outbox::log_format::keyvalue);
+    CHECK(bad_flag("metrics-max-connections", "0").key == "metrics-max-connections");
+    CHECK(bad_flag("slot-status-interval-ms", "100").key == "slot-status-interval-ms");
+    CHECK(bad_flag("progress-interval-ms", "10").key == "progress-interval-ms");
+    CHECK(bad_flag("log-format", "xml").key == "log-format");
+    CHECK(bad_flag("ready-stall-ms", "x").key == "ready-stall-ms");
+    CHECK(ok("", {{"OUTBOX_RELAY_LOG_FORMAT", "json"}}, required_flags).log_fmt == outbox::log_format::json);
+}
+
+TEST_CASE("secret_options_show_redacted") {
+    relay_config c;
+    c.postgres = "host=db password=pw1 sslpassword=pw2";
+    c.postgres_password = "pw3";
+    bool any = false;
+    for (const auto& o : outbox::options()) {
+        if (!o.secret) continue;
+        any = true;
+        CAPTURE(o.name);
+        const std::string shown = o.show(c);
+        for (const char* s : {"pw1", "pw2", "pw3"}) CHECK(shown.find(s) == std::string::npos);
+    }
+    CHECK(any);
+}
+
+TEST_CASE("effective_config_json_is_a_config_file_with_secrets_redacted") {
+    auto c = ok("", {{"OUTBOX_RELAY_KAFKA_SASL_PASSWORD", "pw4"}},
+                with_required({{"postgres", "postgresql://app:pw1@db/app?sslpassword=pw2"},
+                               {"X", "ssl.key.password=pw5"},
+                               {"X", "linger.ms=7"}}));
+    c.postgres_password = "pw3";
+    const std::string text = outbox::effective_config_json(c);
+    for (const char* s : {"pw1", "pw2", "pw3", "pw4", "pw5"}) CHECK(text.find(s) == std::string::npos);
+    CHECK(text.find("\"linger.ms\": \"7\"") != std::string::npos);
+    CHECK(text.find("\"sasl.password\": \"********\"") != std::string::npos);
+    // Every option is in it, and it reads back as a config file (secrets aside).
+    for (const auto& o : outbox::options()) CHECK(text.find("\"" + std::string(o.name) + "\"") != std::string::npos);
+    relay_config back = ok(text, {}, {});
+    CHECK(back.slot == c.slot);
+    CHECK(back.kafka.at("linger.ms") == "7");
 }

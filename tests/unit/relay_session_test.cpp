@@ -1444,3 +1444,150 @@ TEST_CASE("stream_lost_with_a_transaction_open_restarts_the_producer_without_cou
 }
 
 }  // TEST_SUITE
+
+// ---- issue 11: readiness that tells the truth, lag, slot figures
+
+TEST_SUITE("relay_session_ops") {
+
+kafka_stats stats(int up, int known = 1) {
+    kafka_stats s;
+    s.brokers_up = up;
+    s.brokers_known = known;
+    return s;
+}
+
+TEST_CASE("ready_needs_streaming_and_a_broker_connection") {
+    driver d;
+    d.start();
+    auto [r0, why0] = d.session().readiness_at(d.t);
+    CHECK_FALSE(r0);
+    CHECK(why0 == "connecting to Postgres");
+    d.started();
+    auto [r1, why1] = d.session().readiness_at(d.t);
+    CHECK_FALSE(r1);  // no statistics and no ack yet: the broker is unknown
+    CHECK(why1.find("Kafka broker") != std::string::npos);
+    d.session().on_kafka_stats(stats(1), d.now());
+    CHECK(d.session().readiness_at(d.t).first);
+    d.session().on_kafka_brokers_down("1/1 brokers are down", d.now());
+    auto [r2, why2] = d.session().readiness_at(d.t);
+    CHECK_FALSE(r2);
+    CHECK(why2 == "no Kafka broker connection: 1/1 brokers are down");
+    CHECK(d.session().metrics().kafka_brokers_up.value() == 0);
+    d.session().on_kafka_stats(stats(0, 2), d.now());
+    CHECK(d.session().readiness_at(d.t).second == "no Kafka broker connection (2 brokers known, none up)");
+    // An ack proves a connection before the next statistics do.
+    d.relation();
+    d.txn(0x1000, 1);
+    REQUIRE(d.out.size() == 1);
+    d.ack_all();
+    CHECK(d.session().readiness_at(d.t).first);
+}
+
+TEST_CASE("not_ready_while_the_slot_is_held_by_another_process") {
+    driver d;
+    d.start();
+    d.session().on_kafka_stats(stats(1), d.now());
+    d.closed(stream_end::slot_busy, "replication slot \"outbox_relay\" is active for PID 42");
+    auto [r, why] = d.session().readiness_at(d.t);
+    CHECK_FALSE(r);
+    CHECK(why == "replication slot outbox_relay is held by another process");
+}
+
+TEST_CASE("stalled_records_make_it_not_ready_after_ready_stall") {
+    driver d;
+    d.cfg.ready_stall = 30s;
+    d.streaming();
+    d.session().on_kafka_stats(stats(1), d.now());
+    CHECK(d.session().readiness_at(d.t + 3600s).first);  // being idle is not a stall
+    d.txn(0x1000, 3);
+    REQUIRE(d.out.size() == 3);
+    CHECK(d.session().readiness_at(d.t + 29s).first);
+    auto [r, why] = d.session().readiness_at(d.t + 31s);
+    CHECK_FALSE(r);
+    CHECK(why.find("stalled: 3 records pending") != std::string::npos);
+    d.advance(20s);
+    d.ack(0);  // progress restarts the clock
+    d.acked_ = 1;
+    CHECK(d.session().readiness_at(d.t + 29s).first);
+    CHECK_FALSE(d.session().readiness_at(d.t + 31s).first);
+    d.ack_all();
+    CHECK(d.session().readiness_at(d.t + 3600s).first);
+}
+
+TEST_CASE("lag_bytes_and_seconds_follow_received_confirmed_and_the_oldest_commit") {
+    driver d;
+    d.streaming();
+    d.session().refresh_gauges(d.now());
+    CHECK(d.session().metrics().lag_seconds.value() == 0);
+    // Commit time 10 s before the session's wall clock (Postgres epoch).
+    constexpr std::int64_t pg_epoch_unix_us = 946'684'800'000'000;
+    const std::int64_t ts = d.wall - pg_epoch_unix_us - 10'000'000;
+    d.begin(0x1000, ts);
+    d.row(0x1001, "e-1");
+    d.commit(0x1000, 0x1028);
+    d.keepalive(0x5000);
+    d.session().refresh_gauges(d.now());
+    CHECK(d.session().metrics().lag_bytes.value() == 0x5000 - 0x100);
+    CHECK(d.session().metrics().lag_seconds.value() == doctest::Approx(10.0));
+    d.ack_all();
+    d.keepalive(0x5000);  // idle: the keepalive's end is confirmable
+    d.session().refresh_gauges(d.now());
+    CHECK(d.session().metrics().lag_bytes.value() == 0);
+    CHECK(d.session().metrics().lag_seconds.value() == 0);
+}
+
+TEST_CASE("per_topic_series_are_capped") {
+    relay_metrics m;
+    for (std::size_t i = 0; i < relay_metrics::topic_series_cap + 20; ++i) {
+        auto s = m.topic("t" + std::to_string(i));
+        s.records->inc();
+        s.bytes->inc(10);
+    }
+    m.topic("t0").records->inc();
+    const std::string text = m.registry.render();
+    std::size_t series = 0;
+    for (std::size_t p = text.find("\noutbox_relay_topic_records_total{"); p != std::string::npos;
+         p = text.find("\noutbox_relay_topic_records_total{", p + 1))
+        ++series;
+    CHECK(series == relay_metrics::topic_series_cap + 1);
+    CHECK(text.find("outbox_relay_topic_records_total{topic=\"_other\"} 20\n") != std::string::npos);
+    CHECK(text.find("outbox_relay_topic_records_total{topic=\"t0\"} 2\n") != std::string::npos);
+    CHECK(text.find("outbox_relay_topic_bytes_total{topic=\"_other\"} 200\n") != std::string::npos);
+    CHECK(text.find("outbox_relay_build_info{version=") != std::string::npos);
+}
+
+TEST_CASE("slot_status_and_kafka_stats_fill_their_gauges") {
+    driver d;
+    d.streaming();
+    slot_status st;
+    st.ok = true;
+    st.retained_wal = 4096;
+    st.wal_status = "extended";
+    st.active_pid = 77;
+    d.session().on_slot_status(st, d.now());
+    auto& m = d.session().metrics();
+    CHECK(m.slot_retained_wal.value() == 4096);
+    CHECK(m.slot_safe_wal_size.value() == -1);
+    CHECK(m.slot_active_pid.value() == 77);
+    CHECK(m.slot_status_up.value() == 1);
+    const std::string text = m.registry.render();
+    CHECK(text.find("outbox_relay_slot_wal_status{status=\"extended\"} 1\n") != std::string::npos);
+    CHECK(text.find("outbox_relay_slot_wal_status{status=\"reserved\"} 0\n") != std::string::npos);
+    slot_status failed;
+    failed.error = "cannot connect";
+    d.session().on_slot_status(failed, d.now());
+    CHECK(m.slot_status_up.value() == 0);
+    CHECK(m.slot_retained_wal.value() == 4096);  // last known figure stays
+
+    kafka_stats k = stats(1);
+    k.txretries = 5;
+    k.msg_cnt = 9;
+    d.session().on_kafka_stats(k, d.now());
+    k.txretries = 7;
+    d.session().on_kafka_stats(k, d.now());
+    CHECK(m.kafka_retries.value() == 7);
+    CHECK(m.kafka_queue_messages.value() == 9);
+    CHECK(m.kafka_stats_received.value() == 2);
+}
+
+}  // TEST_SUITE
