@@ -1,5 +1,7 @@
 #include "outbox_relay/io/kafka_tail_scanner.hpp"
 
+#include "outbox_relay/secrets.hpp"
+
 #include "outbox_relay/io/log.hpp"
 #include "outbox_relay/outbox.hpp"
 
@@ -26,12 +28,9 @@ constexpr std::string_view mod = "kafka/scan";
 // and it keeps end - n far from overflow.
 constexpr std::int64_t max_chunk = std::int64_t{1} << 40;
 
-// Values of these properties never appear in an error message or log.
-bool is_secret(std::string_view name) noexcept {
-    return name.find("password") != std::string_view::npos || name.find("secret") != std::string_view::npos ||
-           name.find("sasl.oauthbearer.config") != std::string_view::npos ||
-           name.find("ssl.key.pem") != std::string_view::npos;
-}
+// Values of secret properties (outbox/secrets.hpp, the one list) never
+// appear in an error message or log.
+bool is_secret(std::string_view name) noexcept { return outbox::is_secret_kafka_property(name); }
 
 // The user's -X settings are written for the producer; a consumer rejects the
 // producer-only ones (acks, linger.ms, ...). Only what is needed to reach and
@@ -584,6 +583,7 @@ gap_probe_result probe_own_records(const tail_scan_options& opts, const std::str
         ++out.topics_probed;
         // Every record of this origin is below LSN max: the first chunk decides.
         auto r = scan_topic_tail(o, t, lsn{~std::uint64_t{0}});
+        if (r.own_records_seen) out.per_topic.emplace_back(t, r.newest_own);
         if (r.own_records_seen && (!out.found || r.newest_own > out.newest_own)) {
             out.found = true;
             out.newest_own = r.newest_own;

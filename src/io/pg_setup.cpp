@@ -4,6 +4,7 @@
 #include "outbox_relay/io/pg_setup.hpp"
 
 #include "outbox_relay/io/log.hpp"
+#include "outbox_relay/io/pg_params.hpp"
 
 #include <libpq-fe.h>
 
@@ -113,9 +114,9 @@ setup_result prepare_postgres(const relay_config& cfg) {
     const std::string table_text = rt.schema + "." + rt.table;
 
     // --- connect (the conninfo may hold a password: never echo it)
-    const char* keys[] = {"dbname", "application_name", "client_encoding", nullptr};
-    const char* vals[] = {cfg.postgres.c_str(), "outbox-relay-setup", "UTF8", nullptr};
-    conn_ptr conn(PQconnectdbParams(keys, vals, /*expand_dbname=*/1));
+    const pg_params params(cfg.postgres, cfg.postgres_password, {},
+                           {{"application_name", "outbox-relay-setup"}, {"client_encoding", "UTF8"}});
+    conn_ptr conn(PQconnectdbParams(params.keys(), params.values(), /*expand_dbname=*/1));
     if (!conn) return failed(exit_code::pg_connect, "cannot connect to Postgres: out of memory");
     if (PQstatus(conn.get()) != CONNECTION_OK)
         return failed(exit_code::pg_connect,
@@ -296,9 +297,9 @@ setup_result prepare_postgres(const relay_config& cfg) {
     // replication connection, which the relay's role may open anyway.
     std::string system_id;
     {
-        const char* rkeys[] = {"dbname", "replication", "application_name", nullptr};
-        const char* rvals[] = {cfg.postgres.c_str(), "database", "outbox-relay-setup", nullptr};
-        conn_ptr rc(PQconnectdbParams(rkeys, rvals, /*expand_dbname=*/1));
+        const pg_params rparams(cfg.postgres, cfg.postgres_password, {},
+                                {{"replication", "database"}, {"application_name", "outbox-relay-setup"}});
+        conn_ptr rc(PQconnectdbParams(rparams.keys(), rparams.values(), /*expand_dbname=*/1));
         if (!rc || PQstatus(rc.get()) != CONNECTION_OK)
             return failed(exit_code::privileges,
                           "cannot open a replication connection: " +
@@ -324,9 +325,8 @@ setup_result prepare_postgres(const relay_config& cfg) {
 }
 
 std::string drop_replication_slot(const relay_config& cfg, std::chrono::seconds wait) {
-    const char* keys[] = {"dbname", "application_name", nullptr};
-    const char* vals[] = {cfg.postgres.c_str(), "outbox-relay-setup", nullptr};
-    conn_ptr conn(PQconnectdbParams(keys, vals, /*expand_dbname=*/1));
+    const pg_params params(cfg.postgres, cfg.postgres_password, {}, {{"application_name", "outbox-relay-setup"}});
+    conn_ptr conn(PQconnectdbParams(params.keys(), params.values(), /*expand_dbname=*/1));
     if (!conn || PQstatus(conn.get()) != CONNECTION_OK)
         return "cannot connect: " + (conn ? one_line(PQerrorMessage(conn.get())) : std::string("out of memory"));
     session db(conn.get());

@@ -13,6 +13,7 @@
 #include "outbox_relay/io/replication_stream.hpp"
 
 #include "outbox_relay/io/log.hpp"
+#include "outbox_relay/io/pg_params.hpp"
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
@@ -157,12 +158,16 @@ struct replication_stream::impl : std::enable_shared_from_this<impl> {
         // keepalives (idle 20 s, then 3 probes 5 s apart) notice a network
         // that died silently: an idle walsender may send nothing for long.
         const std::string user_timeout = std::to_string(opts_.tcp_user_timeout_ms);
-        const char* keys[] = {"keepalives",  "keepalives_idle", "keepalives_interval",
-                              "keepalives_count", "tcp_user_timeout", "dbname", "replication", "application_name",
-                              "client_encoding", nullptr};
-        const char* vals[] = {"1", "20", "5", "3", user_timeout.c_str(), opts_.conninfo.c_str(), "database",
-                              opts_.application_name.c_str(), "UTF8", nullptr};
-        conn_ = PQconnectStartParams(keys, vals, /*expand_dbname=*/1);
+        const pg_params params(opts_.conninfo, opts_.password,
+                               {{"keepalives", "1"},
+                                {"keepalives_idle", "20"},
+                                {"keepalives_interval", "5"},
+                                {"keepalives_count", "3"},
+                                {"tcp_user_timeout", user_timeout}},
+                               {{"replication", "database"},
+                                {"application_name", opts_.application_name},
+                                {"client_encoding", "UTF8"}});
+        conn_ = PQconnectStartParams(params.keys(), params.values(), /*expand_dbname=*/1);
         if (!conn_) {
             fail(stream_error_kind::fatal, "libpq could not allocate a connection", "");
             return;

@@ -130,6 +130,9 @@ struct gap_probe_result {
     outbox::lsn newest_own;       // the highest commit LSN among them
     std::string topic;            // where
     std::size_t topics_probed = 0;
+    // Every probed topic holding records of the origin, with the newest
+    // commit LSN among them (name order).
+    std::vector<std::pair<std::string, outbox::lsn>> per_topic;
 };
 
 // Looks for records of opts.source's origin in the newest records (the first

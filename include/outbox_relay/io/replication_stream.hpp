@@ -17,6 +17,7 @@ namespace outbox::io {
 
 struct stream_options {
     std::string conninfo;       // user's conninfo; replication=database is added
+    std::string password;       // --postgres-password-file's content (empty: none); never logged
     std::string slot;
     std::string publication;
     int proto_version = 1;
