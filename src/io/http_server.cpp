@@ -25,7 +25,6 @@ using tcp = asio::ip::tcp;
 namespace {
 
 constexpr std::string_view mod = "http";
-constexpr auto idle_timeout = std::chrono::seconds(30);
 constexpr std::size_t request_limit = 8 * 1024;
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
@@ -42,7 +41,8 @@ tcp::endpoint parse_listen(std::string_view listen) {
     auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
     if (port_text.empty() || ec != std::errc{} || end != port_text.data() + port_text.size() || port > 65535)
         throw bad("port must be a number 0-65535");
-    if (host.empty()) return {tcp::v4(), static_cast<std::uint16_t>(port)};  // ":9090" = every interface
+    // ":9187" = loopback only; every interface is "0.0.0.0:9187", written out.
+    if (host.empty()) return {asio::ip::address_v4::loopback(), static_cast<std::uint16_t>(port)};
     boost::system::error_code aec;
     auto addr = asio::ip::make_address(std::string(host), aec);
     if (!aec) return {addr, static_cast<std::uint16_t>(port)};
@@ -59,11 +59,15 @@ tcp::endpoint parse_listen(std::string_view listen) {
 struct detail::http_state {
     tcp::acceptor acceptor;
     http_server_handlers handlers;
+    http_server_limits limits;
     bool stopped = false;
+    std::size_t open = 0;        // accepted and not yet closed (sessions starting included)
+    std::uint64_t refused = 0;   // closed at once: the cap was reached
     // Open connections, so stop() can close them; each coroutine removes its own.
     std::unordered_set<beast::tcp_stream*> conns;
 
-    http_state(asio::io_context& ioc, http_server_handlers h) : acceptor(ioc), handlers(std::move(h)) {}
+    http_state(asio::io_context& ioc, http_server_handlers h, http_server_limits l)
+        : acceptor(ioc), handlers(std::move(h)), limits(l) {}
 
     http::response<http::string_body> answer(const http::request<http::string_body>& req) {
         http::response<http::string_body> res{http::status::ok, req.version()};
@@ -109,21 +113,27 @@ namespace {
 
 struct conn_registration {
     std::shared_ptr<detail::http_state> st;
-    beast::tcp_stream* s;
-    ~conn_registration() { st->conns.erase(s); }
+    beast::tcp_stream* s = nullptr;
+    ~conn_registration() {
+        if (s) st->conns.erase(s);
+        --st->open;  // counted by the accept loop
+    }
 };
 
 asio::awaitable<void> session(std::shared_ptr<detail::http_state> st, tcp::socket socket) {
+    conn_registration reg{st};
     if (st->stopped) co_return;  // accepted just before stop()
     beast::tcp_stream stream(std::move(socket));
     st->conns.insert(&stream);
-    conn_registration reg{st, &stream};
+    reg.s = &stream;
     beast::flat_buffer buffer;
     for (;;) {
         http::request_parser<http::string_body> parser;
         parser.header_limit(request_limit);
         parser.body_limit(request_limit);
-        stream.expires_after(idle_timeout);
+        // The whole request within the deadline (slow-loris), and idle
+        // keep-alive connections go after the same time.
+        stream.expires_after(st->limits.read_timeout);
         auto [rec, rn] = co_await http::async_read(stream, buffer, parser, use_tuple);
         if (rec) {
             // eof, idle timeout, oversized or malformed request, or stop():
@@ -156,14 +166,28 @@ asio::awaitable<void> accept_loop(std::shared_ptr<detail::http_state> st) {
             co_await t.async_wait(use_tuple);
             continue;
         }
+        if (st->open >= st->limits.max_connections) {
+            // Over the cap: closed before anything is read, so a flood of
+            // (idle) connections costs an accept and a close each.
+            ++st->refused;
+            if (st->refused == 1 || st->refused % 1000 == 0)
+                log::warn(mod, "event=connection_refused open={} max_connections={} refused_total={}", st->open,
+                          st->limits.max_connections, st->refused);
+            boost::system::error_code ignored;
+            socket.set_option(asio::socket_base::linger(true, 0), ignored);  // RST: no TIME_WAIT pile-up here
+            socket.close(ignored);
+            continue;
+        }
+        ++st->open;
         asio::co_spawn(st->acceptor.get_executor(), session(st, std::move(socket)), asio::detached);
     }
 }
 
 }  // namespace
 
-http_server::http_server(asio::io_context& ioc, std::string_view listen, http_server_handlers handlers)
-    : state_(std::make_shared<detail::http_state>(ioc, std::move(handlers))) {
+http_server::http_server(asio::io_context& ioc, std::string_view listen, http_server_handlers handlers,
+                         http_server_limits limits)
+    : state_(std::make_shared<detail::http_state>(ioc, std::move(handlers), limits)) {
     tcp::endpoint ep = parse_listen(listen);
     boost::system::error_code ec;
     auto fail = [&](std::string_view what) {
@@ -181,6 +205,9 @@ http_server::http_server(asio::io_context& ioc, std::string_view listen, http_se
 }
 
 http_server::~http_server() { stop(); }
+
+std::size_t http_server::open_connections() const noexcept { return state_->open; }
+std::uint64_t http_server::refused_connections() const noexcept { return state_->refused; }
 
 void http_server::stop() {
     auto& st = *state_;
