@@ -17,6 +17,7 @@
 #include "outbox_relay/config.hpp"
 #include "outbox_relay/io/log.hpp"
 #include "outbox_relay/outbox.hpp"
+#include "outbox_relay/secrets.hpp"
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
@@ -101,15 +102,10 @@ outbox::refusal refusal_of(rd_kafka_resp_err_t err) noexcept {
     }
 }
 
-// Values of these properties never appear in an error message or log.
-bool is_secret(std::string_view name) noexcept {
-    return name.find("password") != std::string_view::npos || name.find("secret") != std::string_view::npos ||
-           name.find("sasl.oauthbearer.config") != std::string_view::npos ||
-           name.find("ssl.key.pem") != std::string_view::npos || name == "ssl_key";
-}
-
+// Values of secret properties (outbox/secrets.hpp, the one list) never
+// appear in an error message or log.
 std::string shown_value(std::string_view name, std::string_view value) {
-    return is_secret(name) ? std::string("********") : std::string(value);
+    return outbox::shown_kafka_value(name, value);
 }
 
 // The relay forces these (config.hpp keeps the list); a caller that sets one
@@ -202,6 +198,8 @@ struct kafka_sink::impl {
     // through C frames; it is rethrown once rd_kafka_poll has returned.
     std::exception_ptr pending_exception;
     std::unordered_map<int, warn_state> warns;
+    std::function<void(std::string_view)> stats_handler;
+    std::function<void(std::string_view)> brokers_down_handler;
 
     // Transactions: calls that block on the brokers run on this thread, one
     // at a time; their outcome is posted to the loop.
@@ -279,6 +277,16 @@ struct kafka_sink::impl {
                 on_delivery(const_cast<rd_kafka_message_t*>(m));
             break;
         }
+        case RD_KAFKA_EVENT_STATS:
+            // statistics.interval.ms: parsed by the relay on this (the loop) thread.
+            if (stats_handler) {
+                try {
+                    stats_handler(std::string_view(rd_kafka_event_stats(ev)));
+                } catch (...) {
+                    pending_exception = std::current_exception();
+                }
+            }
+            break;
         case RD_KAFKA_EVENT_ERROR:
             // As an event, a fatal error carries its own code and the fatal
             // flag (as a callback it would be __FATAL).
@@ -368,6 +376,13 @@ struct kafka_sink::impl {
                        log::quote(buf), self.in_flight_, fault == outbox::producer_fault::healable);
             post_fatal(fault, std::move(why));
             return;
+        }
+        if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN && brokers_down_handler) {
+            try {
+                brokers_down_handler(reason ? reason : "all brokers are down");
+            } catch (...) {
+                pending_exception = std::current_exception();
+            }
         }
         // Broker-down and similar errors repeat every reconnect attempt:
         // at most one line per error code per 10 s, with the count skipped.
@@ -490,6 +505,8 @@ kafka_sink::kafka_sink(boost::asio::io_context& ioc, const sink_config& cfg, rep
     set_prop(conf.get(), "compression.type", "lz4");
     if (!cfg.brokers.empty()) set_prop(conf.get(), "bootstrap.servers", cfg.brokers);
     set_prop(conf.get(), "client.id", cfg.client_id);
+    // Statistics for the metrics and /readyz (broker state); -X may change the interval.
+    if (cfg.on_stats) set_prop(conf.get(), "statistics.interval.ms", "5000");
     for (const auto& [name, value] : cfg.properties) {
         check_not_refused(name, value);
         set_prop(conf.get(), name, value);
@@ -513,7 +530,10 @@ kafka_sink::kafka_sink(boost::asio::io_context& ioc, const sink_config& cfg, rep
     }
 
     rd_kafka_conf_set_opaque(conf.get(), impl_.get());
-    rd_kafka_conf_set_events(conf.get(), RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR);
+    impl_->stats_handler = cfg.on_stats;
+    impl_->brokers_down_handler = cfg.on_all_brokers_down;
+    rd_kafka_conf_set_events(conf.get(), RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR |
+                                             (cfg.on_stats ? RD_KAFKA_EVENT_STATS : 0));
     rd_kafka_conf_set_log_cb(conf.get(), &log_cb);
 
     int fds[2];

@@ -14,6 +14,8 @@
 #include "outbox_relay/io/log.hpp"
 #include "outbox_relay/io/pg_setup.hpp"
 #include "outbox_relay/io/replication_stream.hpp"
+#include "outbox_relay/io/slot_monitor.hpp"
+#include "outbox_relay/kafka_stats.hpp"
 #include "outbox_relay/relay_session.hpp"
 
 #include <boost/asio/post.hpp>
@@ -51,10 +53,16 @@ stream_end to_stream_end(stream_error_kind k) {
 
 struct relay::impl {
     impl(boost::asio::io_context& ioc, relay_config cfg)
-        : ioc_(ioc), cfg_(std::move(cfg)), session_(cfg_), timer_(ioc) {}
+        : ioc_(ioc), cfg_(std::move(cfg)), session_(cfg_), timer_(ioc), progress_timer_(ioc),
+          http_refused_(session_.metrics().registry.add_counter(
+              "outbox_relay_http_connections_refused_total",
+              "HTTP connections closed at once because metrics-max-connections were open.")),
+          http_open_(session_.metrics().registry.add_gauge("outbox_relay_http_connections_open",
+                                                          "HTTP connections open on metrics-listen.")) {}
 
     ~impl() {
         // Scans first (they post to the loop), then the stream, then the producer.
+        slots_.reset();
         scans_.reset();
         stream_.reset();
         sink_.reset();
@@ -77,18 +85,65 @@ struct relay::impl {
             http_server_handlers h;
             h.metrics_text = [this] { return metrics_text(); };
             h.ready = [this]() -> std::pair<bool, std::string> {
-                auto [ok, why] = session_.readiness();
-                return {ok, std::string(why)};
+                return session_.readiness_at(std::chrono::steady_clock::now());
             };
+            http_server_limits lim;
+            lim.max_connections = cfg_.metrics_max_connections;
             try {
-                http_ = std::make_unique<http_server>(ioc_, cfg_.metrics_listen, std::move(h));
+                http_ = std::make_unique<http_server>(ioc_, cfg_.metrics_listen, std::move(h), lim);
             } catch (const std::exception& e) {
                 throw start_error(exit_code::metrics_listen, e.what());
             }
             log::info(mod, "event=metrics_listening port={}", http_->local_port());
         }
+        if (cfg_.slot_status_interval.count() > 0) {
+            slot_monitor_options mo;
+            mo.conninfo = cfg_.postgres;
+            mo.password = cfg_.postgres_password;
+            mo.slot = cfg_.slot;
+            mo.interval = cfg_.slot_status_interval;
+            slots_ = std::make_unique<slot_monitor>(ioc_, std::move(mo), [this](const slot_status& st) {
+                if (stopped_) return;
+                // One line when the figures stop (or start again) coming.
+                if (st.ok != slot_status_ok_)
+                    (st.ok ? log::info(mod, "event=slot_status_ok slot={}", cfg_.slot)
+                           : log::warn(mod, "event=slot_status_failed slot={} reason={}", cfg_.slot,
+                                       log::quote(st.error)));
+                slot_status_ok_ = st.ok;
+                session_.on_slot_status(st, now());
+                execute();
+            });
+        }
+        arm_progress();
         session_.start(now());
         execute();
+    }
+
+    // The rate-limited info line an operator reads in the log: how fast
+    // events go, how far behind the relay is, what is in flight.
+    void arm_progress() {
+        if (cfg_.progress_interval.count() <= 0) return;
+        progress_timer_.expires_after(cfg_.progress_interval);
+        progress_timer_.async_wait([this](boost::system::error_code ec) {
+            if (ec || stopped_) return;
+            const auto t = std::chrono::steady_clock::now();
+            auto& m = session_.metrics();
+            session_.refresh_gauges(now());
+            const double secs = std::chrono::duration<double>(t - progress_at_).count();
+            const std::uint64_t acked = m.records_acked.value();
+            const double rate = secs > 0 && progress_at_ != std::chrono::steady_clock::time_point{}
+                                    ? static_cast<double>(acked - progress_acked_) / secs
+                                    : 0;
+            log::info(mod,
+                      "event=progress phase={} events_per_s={:.1f} acked_total={} inflight={} lag_bytes={:.0f} "
+                      "lag_seconds={:.3f} confirmed={} slot_retained_wal_bytes={:.0f} kafka_brokers_up={:.0f}",
+                      phase_name(session_.phase()), rate, acked, session_.in_flight_records(), m.lag_bytes.value(),
+                      m.lag_seconds.value(), session_.confirmed().to_string(), m.slot_retained_wal.value(),
+                      m.kafka_brokers_up.value());
+            progress_at_ = t;
+            progress_acked_ = acked;
+            arm_progress();
+        });
     }
 
     void shutdown() {
@@ -114,6 +169,7 @@ struct relay::impl {
     void run(cmd::start_stream& c) {
         stream_options so;
         so.conninfo = cfg_.postgres;
+        so.password = cfg_.postgres_password;
         so.slot = cfg_.slot;
         so.publication = cfg_.publication;
         so.tcp_user_timeout_ms = static_cast<int>(cfg_.pg_silence_timeout.count());
@@ -318,6 +374,8 @@ struct relay::impl {
         exit_code_ = to_int(c.code);
         stopped_ = true;
         timer_.cancel();
+        progress_timer_.cancel();
+        slots_.reset();
         if (http_) http_->stop();
         ++stream_gen_;
         bury_stream();
@@ -352,6 +410,24 @@ struct relay::impl {
         // librdkafka never refuses a record as queue-full first.
         sc.queue_max_messages = std::min<std::size_t>(cfg_.max_inflight_records + 10'000, 10'000'000);
         sc.queue_max_kbytes = std::min<std::size_t>(cfg_.max_inflight_bytes / 1024 + 65'536, 2'097'151);
+        // Statistics and "all brokers down" feed the metrics and /readyz.
+        // Reports of a replaced producer do not reach the session: the sink
+        // that sent them is gone before its successor is made.
+        sc.on_stats = [this](std::string_view json) {
+            if (stopped_) return;
+            auto st = parse_kafka_stats(json);
+            if (!st) {
+                log::warn(mod, "event=kafka_stats_unreadable reason={}", log::quote(st.error().describe()));
+                return;
+            }
+            session_.on_kafka_stats(*st, now());
+            execute();
+        };
+        sc.on_all_brokers_down = [this](std::string_view reason) {
+            if (stopped_) return;
+            session_.on_kafka_brokers_down(reason, now());
+            execute();
+        };
         sink_ = std::make_unique<kafka_sink>(
             ioc_, sc,
             [this](const delivery_report& r) {
@@ -397,7 +473,15 @@ struct relay::impl {
         });
     }
 
-    std::string metrics_text() const { return session_.metrics().registry.render(); }
+    std::string metrics_text() {
+        session_.refresh_gauges(now());
+        if (http_) {
+            const std::uint64_t refused = http_->refused_connections();
+            if (refused > http_refused_.value()) http_refused_.inc(refused - http_refused_.value());
+            http_open_.set(static_cast<double>(http_->open_connections()));
+        }
+        return session_.metrics().registry.render();
+    }
 
     boost::asio::io_context& ioc_;
     relay_config cfg_;
@@ -409,7 +493,14 @@ struct relay::impl {
     std::uint64_t stream_gen_ = 0;
     std::unique_ptr<tail_scan_pool> scans_;
     std::unique_ptr<http_server> http_;
+    std::unique_ptr<slot_monitor> slots_;
+    bool slot_status_ok_ = true;
     boost::asio::steady_timer timer_;
+    boost::asio::steady_timer progress_timer_;
+    std::chrono::steady_clock::time_point progress_at_{};
+    std::uint64_t progress_acked_ = 0;
+    counter& http_refused_;
+    gauge& http_open_;
     steady_time armed_ = steady_time::max();
     lsn last_logged_flush_;
     std::chrono::steady_clock::time_point last_confirm_log_{};

@@ -55,6 +55,13 @@ struct sink_config {
     // Non-empty: a transactional producer with this transactional.id (the
     // transaction methods below); empty: the idempotent producer only.
     std::string transactional_id;
+    // Set: statistics.interval.ms defaults to 5000 (-X may change it) and
+    // every statistics JSON document is handed over, on the loop thread,
+    // valid during the call.
+    std::function<void(std::string_view json)> on_stats;
+    // librdkafka's __ALL_BROKERS_DOWN error (every one of them, not rate
+    // limited), on the loop thread.
+    std::function<void(std::string_view reason)> on_all_brokers_down;
 };
 
 // The outcome of a transaction call, on the loop thread.
