@@ -1,6 +1,8 @@
 // outbox-relay: transactional outbox rows from the Postgres WAL to Kafka.
 //
-//   outbox-relay run --postgres CONNINFO --brokers HOST:PORT[,..] [options]
+//   outbox-relay run --postgres CONNINFO --brokers HOST:PORT[,..] [options] [--print-config]
+//   outbox-relay status [options] [--json]        one screen for an operator (exit codes: admin.hpp)
+//   outbox-relay setup [options] [--role NAME] [--apply]   SQL for table, publication, slot, role
 //
 // Options come from flags, then OUTBOX_RELAY_* environment variables, then
 // the JSON file given by --config (flags win). The flags and --help come
@@ -8,9 +10,11 @@
 #include "outbox_relay/config.hpp"
 #include "outbox_relay/dedupe.hpp"
 #include "outbox_relay/exit_code.hpp"
+#include "outbox_relay/io/admin.hpp"
 #include "outbox_relay/io/log.hpp"
 #include "outbox_relay/io/pg_setup.hpp"
 #include "outbox_relay/io/relay.hpp"
+#include "outbox_relay/secrets.hpp"
 
 #include <CLI/CLI.hpp>
 #include <boost/asio/io_context.hpp>
@@ -20,6 +24,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -56,7 +61,44 @@ std::string help_of(const outbox::option_spec& o) {
     return h;
 }
 
-int run(const std::vector<std::pair<std::string, std::string>>& flags, const std::string& config_path) {
+// Reads a secret from a file: its content with one trailing newline removed.
+// The error names the option and the path, never the content.
+bool read_secret_file(const std::string& path, const std::string& what, std::string& out) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        std::fprintf(stderr, "outbox-relay: invalid configuration: %s: cannot read %s\n", what.c_str(), path.c_str());
+        return false;
+    }
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    out = outbox::secret_from_file_content(ss.str());
+    if (out.empty()) {
+        std::fprintf(stderr, "outbox-relay: invalid configuration: %s: %s is empty\n", what.c_str(), path.c_str());
+        return false;
+    }
+    return true;
+}
+
+// Secrets kept out of argv: --postgres-password-file, and -X prop=@file:PATH
+// (also from the environment or the JSON file) for any librdkafka property.
+bool resolve_secrets(outbox::relay_config& cfg) {
+    if (!cfg.postgres_password_file.empty() &&
+        !read_secret_file(cfg.postgres_password_file, "postgres-password-file", cfg.postgres_password))
+        return false;
+    for (auto& [prop, value] : cfg.kafka) {
+        if (auto path = outbox::file_reference(value)) {
+            std::string v;
+            if (!read_secret_file(std::string(*path), "kafka property " + prop, v)) return false;
+            value = std::move(v);
+        }
+    }
+    return true;
+}
+
+// The configuration from file < env < flags, secrets read; nullopt after
+// printing why (exit 2).
+std::optional<outbox::relay_config> load_config(const std::vector<std::pair<std::string, std::string>>& flags,
+                                                const std::string& config_path) {
     auto env = environment();
     std::string file_path = config_path;
     if (file_path.empty()) {
@@ -67,7 +109,7 @@ int run(const std::vector<std::pair<std::string, std::string>>& flags, const std
         std::ifstream in(file_path);
         if (!in) {
             std::fprintf(stderr, "outbox-relay: cannot read config file %s (--config)\n", file_path.c_str());
-            return to_int(exit_code::usage);
+            return std::nullopt;
         }
         std::ostringstream ss;
         ss << in.rdbuf();
@@ -78,12 +120,27 @@ int run(const std::vector<std::pair<std::string, std::string>>& flags, const std
         const auto& e = cfg.error();
         std::fprintf(stderr, "outbox-relay: invalid configuration: %s (from %s): %s\n", e.field.c_str(),
                      e.source.empty() ? "defaults" : e.source.c_str(), e.message.c_str());
-        return to_int(exit_code::usage);
+        return std::nullopt;
+    }
+    if (!resolve_secrets(*cfg)) return std::nullopt;
+    return std::move(*cfg);
+}
+
+int run(const std::vector<std::pair<std::string, std::string>>& flags, const std::string& config_path,
+        bool print_config) {
+    auto cfg = load_config(flags, config_path);
+    if (!cfg) return to_int(exit_code::usage);
+    if (print_config) {
+        std::printf("%s\n", outbox::effective_config_json(*cfg).c_str());
+        return 0;
     }
     namespace log = outbox::io::log;
-    log::init(cfg->log_level);
-    log::info("main", "event=starting version={} postgres={} brokers={} slot={} publication={} table={}.{}",
-              OUTBOX_RELAY_VERSION, log::quote(outbox::redact_conninfo(cfg->postgres)), cfg->brokers, cfg->slot,
+    log::init(cfg->log_level, cfg->log_fmt);
+    log::info("main",
+              "event=starting version={} commit={} postgres={} password_file={} brokers={} slot={} publication={} "
+              "table={}.{}",
+              OUTBOX_RELAY_VERSION, OUTBOX_RELAY_COMMIT, log::quote(outbox::redact_conninfo(cfg->postgres)),
+              log::quote(cfg->postgres_password_file), cfg->brokers, cfg->slot,
               cfg->publication, cfg->routing.schema, cfg->routing.table);
 
     auto setup = outbox::io::prepare_postgres(*cfg);
@@ -125,26 +182,69 @@ int run(const std::vector<std::pair<std::string, std::string>>& flags, const std
     return relay.exit_code();
 }
 
+// The option table as flags of `cmd`: name, help and default from the table.
+struct table_flags {
+    std::map<std::string, std::string> values;
+    std::map<std::string, CLI::Option*> opts;
+    std::vector<std::string> kafka_props;
+    std::string config_path;
+
+    void add_to(CLI::App* cmd) {
+        for (const auto& spec : outbox::options()) {
+            const std::string name(spec.name);
+            opts[name] = cmd->add_option("--" + name, values[name], help_of(spec));
+        }
+        cmd->add_option("-X", kafka_props,
+                        "librdkafka property prop=value, repeatable; prop=@file:PATH reads the value from a file "
+                        "[env OUTBOX_RELAY_KAFKA_<PROP>, JSON \"kafka\"]");
+        cmd->add_option("--config", config_path, "JSON config file (keys = flag names) [env OUTBOX_RELAY_CONFIG]");
+    }
+
+    // Only what the user actually passed goes in, in command-line order for -X,
+    // so that env and file values are not shadowed by flag defaults.
+    std::vector<std::pair<std::string, std::string>> given() {
+        std::vector<std::pair<std::string, std::string>> flags;
+        for (const auto& spec : outbox::options()) {
+            const std::string name(spec.name);
+            if (opts[name]->count() > 0) flags.emplace_back(name, values[name]);
+        }
+        for (const auto& x : kafka_props) flags.emplace_back("X", x);
+        return flags;
+    }
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
     CLI::App app{"outbox-relay: transactional outbox rows from the Postgres WAL to Kafka"};
-    app.set_version_flag("--version", std::string("outbox-relay ") + OUTBOX_RELAY_VERSION);
+    app.set_version_flag("--version",
+                         std::string("outbox-relay ") + OUTBOX_RELAY_VERSION + " (commit " + OUTBOX_RELAY_COMMIT + ")");
     app.require_subcommand(1);
     auto* run_cmd = app.add_subcommand("run", "stream the outbox table to Kafka");
+    table_flags run_flags;
+    run_flags.add_to(run_cmd);
+    bool print_config = false;
+    run_cmd->add_flag("--print-config", print_config,
+                      "print the effective configuration (JSON, secrets redacted) and exit 0");
 
-    // Every option of the table is a flag; the table gives name, help and default.
-    std::map<std::string, std::string> values;
-    std::map<std::string, CLI::Option*> opts;
-    for (const auto& spec : outbox::options()) {
-        const std::string name(spec.name);
-        opts[name] = run_cmd->add_option("--" + name, values[name], help_of(spec));
-    }
-    std::vector<std::string> kafka_props;
-    run_cmd->add_option("-X", kafka_props,
-                        "librdkafka property prop=value, repeatable [env OUTBOX_RELAY_KAFKA_<PROP>, JSON \"kafka\"]");
-    std::string config_path;
-    run_cmd->add_option("--config", config_path, "JSON config file (keys = flag names) [env OUTBOX_RELAY_CONFIG]");
+    // Same option table, same layering (file < env < flags) as run; options
+    // a subcommand does not use are accepted and ignored.
+    auto* status_cmd = app.add_subcommand(
+        "status", "one screen for an operator: slot, lag, retained WAL, publication, newest record per topic; "
+                  "exit 0 when healthy (codes in README)");
+    table_flags status_flags;
+    status_flags.add_to(status_cmd);
+    bool status_json = false;
+    status_cmd->add_flag("--json", status_json, "one JSON object instead of the text screen");
+
+    auto* setup_cmd = app.add_subcommand(
+        "setup", "print the SQL for the outbox table, publication, slot and a least-privilege role; --apply runs it");
+    table_flags setup_flags;
+    setup_flags.add_to(setup_cmd);
+    bool apply = false;
+    std::string role = "outbox_relay";
+    setup_cmd->add_flag("--apply", apply, "run the statements (idempotent: a second --apply changes nothing)");
+    setup_cmd->add_option("--role", role, "login role to create and grant (empty: none) (default: outbox_relay)");
 
     try {
         app.parse(argc, argv);
@@ -152,17 +252,22 @@ int main(int argc, char** argv) {
         return app.exit(e) == 0 ? 0 : to_int(exit_code::usage);
     }
 
-    // Only what the user actually passed goes in, in command-line order for -X,
-    // so that env and file values are not shadowed by flag defaults.
-    std::vector<std::pair<std::string, std::string>> flags;
-    for (const auto& spec : outbox::options()) {
-        const std::string name(spec.name);
-        if (opts[name]->count() > 0) flags.emplace_back(name, values[name]);
-    }
-    for (const auto& x : kafka_props) flags.emplace_back("X", x);
-
     // One catch at the root: an exception escaping a handler (descriptors
     // exhausted, memory) ends the process with the documented code 1 and a
     // line saying why, never with std::terminate.
-    return outbox::io::run_guarded([&] { return run(flags, config_path); });
+    if (*status_cmd)
+        return outbox::io::run_guarded([&] {
+            auto cfg = load_config(status_flags.given(), status_flags.config_path);
+            if (!cfg) return to_int(exit_code::usage);
+            outbox::io::log::init("error", cfg->log_fmt);  // librdkafka's complaints only; the report is stdout
+            return outbox::io::run_status(*cfg, status_json, stdout);
+        });
+    if (*setup_cmd)
+        return outbox::io::run_guarded([&] {
+            auto cfg = load_config(setup_flags.given(), setup_flags.config_path);
+            if (!cfg) return to_int(exit_code::usage);
+            return outbox::io::run_setup(*cfg, role, apply, stdout);
+        });
+    return outbox::io::run_guarded(
+        [&] { return run(run_flags.given(), run_flags.config_path, print_config); });
 }

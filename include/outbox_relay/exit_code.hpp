@@ -27,6 +27,10 @@ enum class exit_code : int {
     producer_failed = 25,   // the producer hit an error no new producer can heal, or kept failing
     metrics_listen = 26,    // the metrics endpoint cannot listen on metrics-listen
     fenced = 27,            // another relay took over this source's Kafka transactions (this one is a zombie)
+    // `outbox-relay status` (it also returns 10, 15 and 16 for those findings)
+    status_slot_inactive = 30,  // no walsender holds the slot: no relay is streaming from it
+    status_wal_at_risk = 31,    // wal_status is unreserved: the slot is about to lose WAL it needs
+    status_kafka = 32,          // Kafka's tails could not be read (brokers unreachable, not authorised)
 };
 
 constexpr int to_int(exit_code c) noexcept { return static_cast<int>(c); }

@@ -71,6 +71,9 @@ std::string_view exit_code_name(exit_code c) noexcept {
         case exit_code::producer_failed: return "producer_failed";
         case exit_code::metrics_listen: return "metrics_listen";
         case exit_code::fenced: return "fenced";
+        case exit_code::status_slot_inactive: return "status_slot_inactive";
+        case exit_code::status_wal_at_risk: return "status_wal_at_risk";
+        case exit_code::status_kafka: return "status_kafka";
     }
     return "unknown";
 }
