@@ -3,10 +3,12 @@
 // runs (CI: 15 and 18).
 //
 // What differs by version (pg_replication_slots): PG15 has only wal_status ('lost');
-// PG16 adds `conflicting`; PG17 adds `invalidation_reason` (wal_removed, rows_removed,
-// wal_level_insufficient); PG18 adds idle_replication_slot_timeout and the reason
-// idle_timeout, whose slot still has its WAL, so "WAL was removed" would be a wrong
-// diagnosis there. wal_status is 'lost' for every cause.
+// PG16 adds `conflicting`, but reports it true for ANY invalidated logical slot, this
+// one too (so the relay must not read it as "conflict with recovery"); PG17 adds
+// `invalidation_reason` (wal_removed, rows_removed, wal_level_insufficient); PG18 adds
+// idle_replication_slot_timeout and the reason idle_timeout, whose slot still has its
+// WAL, so "WAL was removed" would be a wrong diagnosis there. wal_status is 'lost' for
+// every cause.
 //
 // Both invalidations are forced through server settings (ALTER SYSTEM + reload) that
 // affect every slot of the stack's Postgres; integration tests run one at a time
@@ -101,11 +103,17 @@ TEST_CASE("04_slot_invalidated_by_removed_wal_exits_16_naming_the_reason") {
     CHECK(st.code == std::optional<int>(16));
     CHECK(log.find("was invalidated (wal_status=lost") != std::string::npos);
     CHECK(log.find("WAL it needed was removed") != std::string::npos);
+    CHECK(log.find("conflicted with recovery") == std::string::npos);
     if (version >= 170000) {
         // PG17+ name the cause; the relay passes it on.
+        CHECK(slot_column(sc, "conflicting") == std::optional<std::string>("f"));
         CHECK(slot_column(sc, "invalidation_reason") == std::optional<std::string>("wal_removed"));
         CHECK(log.find("invalidation_reason=wal_removed") != std::string::npos);
     } else {
+        if (version >= 160000) {
+            // The PG16 quirk the relay works around (PG17 made it false here).
+            CHECK(slot_column(sc, "conflicting") == std::optional<std::string>("t"));
+        }
         // Before PG17 there is no such column; the relay must not ask for it (the
         // query would fail and the exit-16 message would be about that instead).
         CHECK(log.find("invalidation_reason") == std::string::npos);

@@ -234,20 +234,19 @@ setup_result prepare_postgres(const relay_config& cfg) {
     const std::string create_slot = "SELECT pg_create_logical_replication_slot(" + slot_lit + ", 'pgoutput')";
     const std::string drop_slot = "SELECT pg_drop_replication_slot(" + slot_lit + ")";
     {
-        // Why a slot was invalidated: PG17+ names it (invalidation_reason: wal_removed,
-        // rows_removed, wal_level_insufficient, and on PG18 idle_timeout); PG16 only
-        // flags a conflict with recovery (conflicting); PG15 has neither column, and
-        // removed WAL is its only cause. wal_status is 'lost' for every cause (PG16+
-        // report any invalidated slot so), but only the reason says what happened.
+        // Why a slot was invalidated: PG17+ name it (invalidation_reason: wal_removed,
+        // rows_removed, wal_level_insufficient, and on PG18 idle_timeout). Before
+        // that only wal_status says 'lost', for every cause. PG16's `conflicting` does
+        // not help: it is true for any invalidated logical slot (seen on 16.14 for
+        // wal_removed), which PG17 narrowed to the recovery conflicts. Without a
+        // reason, a standby (logical slots there exist from PG16) may also have lost
+        // the slot to a recovery conflict; a primary only to removed WAL.
         const int server_version = PQserverVersion(conn.get());
-        const std::string reason_sql =
-            server_version >= 170000   ? "coalesce(invalidation_reason, '')"
-            : server_version >= 160000 ? "CASE WHEN conflicting THEN 'conflict with recovery' ELSE '' END"
-                                       : "''";
+        const std::string reason_sql = server_version >= 170000 ? "coalesce(invalidation_reason, '')" : "''";
         auto r = db.exec(
             "SELECT slot_type, coalesce(plugin, ''), coalesce(database = current_database(), false), "
             "coalesce(database, ''), coalesce(wal_status, ''), " +
-            reason_sql + " FROM pg_replication_slots WHERE slot_name = " + slot_lit);
+            reason_sql + ", pg_is_in_recovery() FROM pg_replication_slots WHERE slot_name = " + slot_lit);
         if (!r) return failed(setup_failure::slot, "cannot read pg_replication_slots: " + db.error());
         if (PQntuples(r.get()) == 0) {
             if (!cfg.create_slot)
@@ -261,7 +260,8 @@ setup_result prepare_postgres(const relay_config& cfg) {
         } else {
             std::string_view type = PQgetvalue(r.get(), 0, 0), plugin = PQgetvalue(r.get(), 0, 1),
                              same_db = PQgetvalue(r.get(), 0, 2), database = PQgetvalue(r.get(), 0, 3),
-                             wal_status = PQgetvalue(r.get(), 0, 4), reason = PQgetvalue(r.get(), 0, 5);
+                             wal_status = PQgetvalue(r.get(), 0, 4), reason = PQgetvalue(r.get(), 0, 5),
+                             in_recovery = PQgetvalue(r.get(), 0, 6);
             if (type != "logical" || plugin != "pgoutput")
                 return failed(setup_failure::slot, "replication slot " + cfg.slot + " is " + std::string(type) +
                                                        (plugin.empty() ? "" : " with plugin " + std::string(plugin)) +
@@ -273,12 +273,14 @@ setup_result prepare_postgres(const relay_config& cfg) {
                                                        ": connect to that database or choose another --slot");
             if (wal_status == "lost" || !reason.empty()) {
                 std::string why;
-                if (reason.empty() || reason == "wal_removed")
+                if (reason.empty() && in_recovery == "t")
+                    why = "WAL it needed was removed (max_slot_wal_keep_size) or it conflicted with recovery "
+                          "on this standby";
+                else if (reason.empty() || reason == "wal_removed")
                     why = "WAL it needed was removed (max_slot_wal_keep_size)";
                 else if (reason == "idle_timeout")
                     why = "it was inactive longer than idle_replication_slot_timeout";
-                else if (reason == "rows_removed" || reason == "wal_level_insufficient" ||
-                         reason == "conflict with recovery")
+                else if (reason == "rows_removed" || reason == "wal_level_insufficient")
                     why = "it conflicted with recovery on this standby";
                 else
                     why = "Postgres invalidated it";
