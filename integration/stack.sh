@@ -48,7 +48,6 @@ readonly SCRIPT_PATH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "
 readonly SCRIPT_DIR="$(dirname "$SCRIPT_PATH")"
 readonly STATE="${OUTBOX_STACK_DIR:-/tmp/outbox-relay-stack}"
 readonly CONF="$STATE/stack.conf"
-readonly CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/outbox-relay"
 
 # Debian's PostgreSQL 15 clients talk to every newer server, and the npm packages
 # carry no psql, so the clients always come from here.
@@ -70,15 +69,17 @@ die() { printf 'stack: error: %s\n' "$*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- configuration
 
-# Ports, versions and node count are fixed at `up` time and remembered in the state
-# dir, so `env` and the fault verbs agree with the running stack even if the caller's
-# environment differs.
+# Ports, versions, node count and the cache are fixed at `up` time and remembered in
+# the state dir, so `env` and the fault verbs agree with the running stack even if
+# the caller's environment differs (the binaries of an npm Postgres and the jars
+# live in the cache).
 load_config() {
-    unset PG_PORT KAFKA_PORT CONTROLLER_PORT PG_VERSION KAFKA_VERSION KAFKA_NODES
+    unset PG_PORT KAFKA_PORT CONTROLLER_PORT PG_VERSION KAFKA_VERSION KAFKA_NODES CACHE_ROOT
     if [[ -f "$CONF" ]]; then
         # shellcheck disable=SC1090
         source "$CONF"
     fi
+    CACHE_ROOT="${CACHE_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/outbox-relay}"
     PG_PORT="${PG_PORT:-${OUTBOX_STACK_PG_PORT:-55432}}"
     KAFKA_PORT="${KAFKA_PORT:-${OUTBOX_STACK_KAFKA_PORT:-19092}}"
     CONTROLLER_PORT="${CONTROLLER_PORT:-${OUTBOX_STACK_KAFKA_CONTROLLER_PORT:-19093}}"
@@ -140,8 +141,8 @@ check_config_matches() {
 }
 
 save_config() {
-    printf 'PG_PORT=%s\nKAFKA_PORT=%s\nCONTROLLER_PORT=%s\nPG_VERSION=%s\nKAFKA_VERSION=%s\nKAFKA_NODES=%s\n' \
-        "$PG_PORT" "$KAFKA_PORT" "$CONTROLLER_PORT" "$PG_VERSION" "$KAFKA_VERSION" "$KAFKA_NODES" >"$CONF"
+    printf 'PG_PORT=%s\nKAFKA_PORT=%s\nCONTROLLER_PORT=%s\nPG_VERSION=%s\nKAFKA_VERSION=%s\nKAFKA_NODES=%s\nCACHE_ROOT=%q\n' \
+        "$PG_PORT" "$KAFKA_PORT" "$CONTROLLER_PORT" "$PG_VERSION" "$KAFKA_VERSION" "$KAFKA_NODES" "$CACHE_ROOT" >"$CONF"
 }
 
 pg_conninfo() { printf 'host=127.0.0.1 port=%s dbname=%s user=postgres' "$PG_PORT" "$PG_DB"; }
