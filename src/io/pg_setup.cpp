@@ -255,10 +255,19 @@ setup_result prepare_postgres(const relay_config& cfg) {
     const std::string create_slot = "SELECT pg_create_logical_replication_slot(" + slot_lit + ", 'pgoutput')";
     const std::string drop_slot = "SELECT pg_drop_replication_slot(" + slot_lit + ")";
     {
+        // Why a slot was invalidated: PG17+ name it (invalidation_reason: wal_removed,
+        // rows_removed, wal_level_insufficient, and on PG18 idle_timeout). Before
+        // that only wal_status says 'lost', for every cause. PG16's `conflicting` does
+        // not help: it is true for any invalidated logical slot (seen on 16.14 for
+        // wal_removed), which PG17 narrowed to the recovery conflicts. Without a
+        // reason, a standby (logical slots there exist from PG16) may also have lost
+        // the slot to a recovery conflict; a primary only to removed WAL.
+        const int server_version = PQserverVersion(conn.get());
+        const std::string reason_sql = server_version >= 170000 ? "coalesce(invalidation_reason, '')" : "''";
         auto r = db.exec(
             "SELECT slot_type, coalesce(plugin, ''), coalesce(database = current_database(), false), "
-            "coalesce(database, ''), coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = " +
-            slot_lit);
+            "coalesce(database, ''), coalesce(wal_status, ''), " +
+            reason_sql + ", pg_is_in_recovery() FROM pg_replication_slots WHERE slot_name = " + slot_lit);
         if (!r) return failed(exit_code::slot, "cannot read pg_replication_slots: " + db.error());
         if (PQntuples(r.get()) == 0) {
             if (!cfg.create_slot)
@@ -273,7 +282,8 @@ setup_result prepare_postgres(const relay_config& cfg) {
         } else {
             std::string_view type = PQgetvalue(r.get(), 0, 0), plugin = PQgetvalue(r.get(), 0, 1),
                              same_db = PQgetvalue(r.get(), 0, 2), database = PQgetvalue(r.get(), 0, 3),
-                             wal_status = PQgetvalue(r.get(), 0, 4);
+                             wal_status = PQgetvalue(r.get(), 0, 4), reason = PQgetvalue(r.get(), 0, 5),
+                             in_recovery = PQgetvalue(r.get(), 0, 6);
             if (type != "logical" || plugin != "pgoutput")
                 return failed(exit_code::slot, "replication slot " + cfg.slot + " is " + std::string(type) +
                                                        (plugin.empty() ? "" : " with plugin " + std::string(plugin)) +
@@ -283,12 +293,28 @@ setup_result prepare_postgres(const relay_config& cfg) {
                 return failed(exit_code::slot, "replication slot " + cfg.slot + " belongs to database " +
                                                        std::string(database) +
                                                        ": connect to that database or choose another --slot");
-            if (wal_status == "lost")
+            if (wal_status == "lost" || !reason.empty()) {
+                std::string why;
+                if (reason.empty() && in_recovery == "t")
+                    why = "WAL it needed was removed (max_slot_wal_keep_size) or it conflicted with recovery "
+                          "on this standby";
+                else if (reason.empty() || reason == "wal_removed")
+                    why = "WAL it needed was removed (max_slot_wal_keep_size)";
+                else if (reason == "idle_timeout")
+                    why = "it was inactive longer than idle_replication_slot_timeout";
+                else if (reason == "rows_removed" || reason == "wal_level_insufficient")
+                    why = "it conflicted with recovery on this standby";
+                else
+                    why = "Postgres invalidated it";
                 return failed(exit_code::slot,
-                              "replication slot " + cfg.slot +
-                                  " was invalidated (wal_status=lost): WAL it needed was removed, so events "
-                                  "committed since its last confirmed position are lost to it; run " +
+                              "replication slot " + cfg.slot + " was invalidated (wal_status=" +
+                                  std::string(wal_status) +
+                                  (reason.empty() ? "" : ", invalidation_reason=" + std::string(reason)) + "): " +
+                                  why +
+                                  ", so events committed since its last confirmed position cannot be streamed "
+                                  "from it; run " +
                                   drop_slot + " and restart to recreate it, then reconcile the gap");
+            }
         }
     }
 
