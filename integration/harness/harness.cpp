@@ -352,6 +352,7 @@ std::vector<kafka_record> consume_all(const std::string& brokers, const std::str
                  rd_kafka_header_get_all(hdrs, i, &name, &val, &size) == RD_KAFKA_RESP_ERR_NO_ERROR; ++i) {
                 r.headers.emplace_back(
                     name, val ? std::string(static_cast<const char*>(val), size) : std::string());
+                if (!val) r.null_headers.emplace_back(name);
             }
         }
         out.push_back(std::move(r));

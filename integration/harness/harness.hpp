@@ -87,6 +87,7 @@ struct kafka_record {
     std::optional<std::string> key;                            // nullopt = null key
     std::optional<std::string> value;                          // nullopt = null value (tombstone)
     std::vector<std::pair<std::string, std::string>> headers;  // in record order; null value -> ""
+    std::vector<std::string> null_headers;                     // names of the headers whose value is null
 
     // Value of the first header named `name`, nullopt if there is none.
     std::optional<std::string> header(std::string_view name) const;
