@@ -136,12 +136,14 @@ int run(const std::vector<std::pair<std::string, std::string>>& flags, const std
     }
     namespace log = outbox::io::log;
     log::init(cfg->log_level, cfg->log_fmt);
+    std::string tables;
+    for (const auto& t : outbox::table_routes(*cfg)) tables += (tables.empty() ? "" : ",") + t.schema + "." + t.table;
     log::info("main",
               "event=starting version={} commit={} postgres={} password_file={} brokers={} slot={} publication={} "
-              "table={}.{}",
+              "tables={} message_prefix={}",
               OUTBOX_RELAY_VERSION, OUTBOX_RELAY_COMMIT, log::quote(outbox::redact_conninfo(cfg->postgres)),
-              log::quote(cfg->postgres_password_file), cfg->brokers, cfg->slot,
-              cfg->publication, cfg->routing.schema, cfg->routing.table);
+              log::quote(cfg->postgres_password_file), cfg->brokers, cfg->slot, cfg->publication, log::quote(tables),
+              log::quote(cfg->message_prefix));
 
     auto setup = outbox::io::prepare_postgres(*cfg);
     if (setup.failure != exit_code::ok) {
@@ -151,7 +153,9 @@ int run(const std::vector<std::pair<std::string, std::string>>& flags, const std
     }
 
     // Matched by OID from now on too (a renamed table is still the outbox).
-    cfg->routing.relid = setup.table_oid;
+    if (cfg->tables.empty()) cfg->tables = outbox::table_routes(*cfg);
+    for (std::size_t i = 0; i < cfg->tables.size() && i < setup.table_oids.size(); ++i)
+        cfg->tables[i].relid = setup.table_oids[i];
     boost::asio::io_context ioc(1);
     outbox::io::relay relay(ioc, *cfg);
     relay.set_slot_created(setup.slot_created);

@@ -151,6 +151,8 @@ struct relay_metrics {
     counter& producer_recreated;   // outbox_relay_producer_recreated_total
     counter& status_updates_sent;  // outbox_relay_status_updates_sent_total
     histogram& commit_to_ack;      // outbox_relay_commit_to_ack_seconds
+    counter& outbox_messages;      // outbox_relay_outbox_messages_total
+    counter& trace_context_dropped;  // outbox_relay_trace_context_dropped_total
 
     // ---- operability (issue 11)
     gauge& build_info;             // outbox_relay_build_info{version,commit} 1

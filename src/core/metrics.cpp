@@ -335,6 +335,12 @@ relay_metrics::relay_metrics()
           "outbox_relay_commit_to_ack_seconds",
           "Seconds from a transaction's Postgres commit timestamp until every record of it is acked and confirmable.",
           std::vector<double>(std::begin(commit_to_ack_buckets), std::end(commit_to_ack_buckets)))),
+      outbox_messages(registry.add_counter(
+          "outbox_relay_outbox_messages_total",
+          "pg_logical_emit_message messages with the outbox prefix (relayed or dead-lettered).")),
+      trace_context_dropped(registry.add_counter(
+          "outbox_relay_trace_context_dropped_total",
+          "Records sent without their traceparent (and tracestate) because it was not a valid W3C traceparent.")),
       build_info(registry.add_gauge("outbox_relay_build_info", "Always 1; the labels say which build runs.",
                                     {{"version", std::string(build_version())}, {"commit", std::string(build_commit())}})),
       lag_bytes(registry.add_gauge(

@@ -13,6 +13,8 @@
 #include <libpq-fe.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <memory>
 #include <optional>
 #include <string>
@@ -186,9 +188,11 @@ int run_status(const relay_config& cfg, bool json, std::FILE* out) {
         if (t)
             for (int i = 0; i < PQntuples(t.get()); ++i) tables.push_back(PQgetvalue(t.get(), i, 0));
         jp["tables"] = tables;
-        const std::string want = cfg.routing.schema + "." + cfg.routing.table;
-        if (std::find(tables.begin(), tables.end(), want) == tables.end())
-            finding(exit_code::publication, "publication " + cfg.publication + " does not include " + want);
+        for (const auto& r : table_routes(cfg)) {
+            const std::string want = r.schema + "." + r.table;
+            if (std::find(tables.begin(), tables.end(), want) == tables.end())
+                finding(exit_code::publication, "publication " + cfg.publication + " does not include " + want);
+        }
     }
 
     // --- Kafka: the newest record of this source per topic the template reaches
@@ -210,15 +214,21 @@ int run_status(const relay_config& cfg, bool json, std::FILE* out) {
             src.database = PQgetvalue(id.get(), 0, 3);
             src.slot = cfg.slot;
             jk["source"] = src.header_value();
-            auto mapper = outbox_mapper::create(cfg.routing);
+            // The topics every route's template can reach, as the relay's own gap probe sees them.
+            topic_affixes affixes;
+            for (const auto& r : table_routes(cfg)) {
+                auto m = outbox_mapper::create(r);
+                if (m) affixes.push_back(m.value().topic_affixes());
+            }
+            if (!cfg.message_prefix.empty())
+                if (auto m = outbox_mapper::create(cfg.messages)) affixes.push_back(m.value().topic_affixes());
             tail_scan_options so;
             so.brokers = cfg.brokers;
             so.properties = cfg.kafka;
             so.deadline = std::chrono::seconds(20);
             so.source = src;
             try {
-                auto [prefix, suffix] = mapper.value().topic_affixes();
-                auto r = probe_own_records(so, prefix, suffix);
+                auto r = probe_own_records(so, affixes);
                 jk["topics_probed"] = r.topics_probed;
                 for (const auto& [topic, newest] : r.per_topic)
                     jk["topics"].push_back({{"topic", topic}, {"newest_commit_lsn", newest.to_string()}});
