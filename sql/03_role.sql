@@ -2,15 +2,27 @@
 --
 -- Run as a superuser (or a role with CREATEROLE, plus the REPLICATION
 -- attribute itself on PostgreSQL 15) in the application's database, after
--- 01 and 02. Replace the password placeholder before running, e.g.
---   psql -v relay_password="'...'" -f 03_role.sql
--- or set it afterwards with \password outbox_relay. The relay never logs it.
+-- 01 and 02. This file sets no password and holds none. Either pass one as a
+-- psql variable, which psql quotes itself and which never lands in this file
+-- or in the server log of the statement text you typed:
+--   psql -v relay_password='...' -f 03_role.sql
+-- or run it without and set the password afterwards, typed at a prompt (psql
+-- sends only its SCRAM hash):
+--   \password outbox_relay
+-- The relay reads it from --postgres-password-file (or libpq's PGPASSFILE /
+-- passfile) and never logs it. `outbox-relay setup` prints the same role and
+-- grants for the configured names.
 --
 -- What the relay needs, and why:
 --   LOGIN          it connects.
 --   REPLICATION    to open a replication connection (replication=database)
---                  and to create and read its logical slot. This does not
---                  grant reading any table.
+--                  and to create and read its logical slot. This is NOT a
+--                  read-only grant: a REPLICATION role can create slots of its
+--                  own and, through them, decode every change to every table
+--                  of the database (table privileges do not apply to logical
+--                  decoding), and it can hold WAL on the server with a slot
+--                  nobody reads. Treat its credentials like a superuser's for
+--                  reading data.
 --   CONNECT        on the database (explicit in case PUBLIC's default was
 --                  revoked).
 --   USAGE on schema public, SELECT on public.outbox
@@ -31,10 +43,6 @@
 -- pg_hba.conf: a logical replication connection is matched by the database
 -- name, not by the "replication" keyword, e.g.
 --   host  app  outbox_relay  10.0.0.0/8  scram-sha-256
-\if :{?relay_password}
-\else
-\set relay_password '''change-me'''
-\endif
 
 DO $$
 BEGIN
@@ -43,7 +51,14 @@ BEGIN
     END IF;
 END
 $$;
-ALTER ROLE outbox_relay WITH LOGIN REPLICATION PASSWORD :relay_password;
+ALTER ROLE outbox_relay WITH LOGIN REPLICATION;
+-- Only when a password was given on the command line (-v relay_password=...);
+-- :'relay_password' is quoted by psql.
+\if :{?relay_password}
+ALTER ROLE outbox_relay WITH PASSWORD :'relay_password';
+\else
+\echo 'no relay_password given: set one with \\password outbox_relay'
+\endif
 
 -- A replication slot survives the role; keep that in mind when dropping it:
 -- SELECT pg_drop_replication_slot('outbox_relay');
