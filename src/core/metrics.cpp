@@ -374,6 +374,7 @@ relay_metrics::relay_metrics()
                                            "Request transmission errors (txerrs, all producers of this process).")),
       kafka_stats_received(registry.add_counter("outbox_relay_kafka_stats_total",
                                                 "librdkafka statistics reports received.")) {
+    build_info.set(1);
     for (const char* st : {"reserved", "extended", "unreserved", "lost"})
         wal_status_.emplace_back(st, &registry.add_gauge("outbox_relay_slot_wal_status",
                                                          "1 for the slot's wal_status, 0 for the others.",
