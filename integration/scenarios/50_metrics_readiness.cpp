@@ -9,6 +9,7 @@
 
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <map>
 
 using namespace outbox::it::scn;
@@ -70,7 +71,8 @@ TEST_CASE("50_metrics_lag_and_readiness") {
         m = ops::scrape(port);
         return m.value("outbox_relay_records_acked_total") == 300.0 &&
                m.value("outbox_relay_replication_lag_bytes").value_or(1e18) <= idle_lag_bytes &&
-               m.value("outbox_relay_slot_active_pid").value_or(0) > 0;
+               m.value("outbox_relay_slot_active_pid").value_or(0) > 0 &&
+               m.value("outbox_relay_kafka_stats_total").value_or(0) >= 1;  // every 5 s
     });
     CHECK(acked);
     CHECK(m.value("outbox_relay_records_produced_total") == 300.0);
@@ -98,8 +100,11 @@ TEST_CASE("50_metrics_lag_and_readiness") {
         "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint FROM pg_replication_slots WHERE "
         "slot_name = '" + sc.slot() + "'"));
     const double retained_m = m.value("outbox_relay_slot_retained_wal_bytes").value_or(-1);
-    CHECK(retained_m >= 0);
-    CHECK(retained_m <= retained_db + 1);  // read up to a second earlier; WAL only grows
+    // Read up to a second apart, and restart_lsn moves as the relay confirms:
+    // the same order of magnitude, both above zero.
+    CHECK(retained_m > 0);
+    CHECK(retained_db > 0);
+    CHECK(std::abs(retained_m - retained_db) < 4.0 * 1024 * 1024);
     CHECK(m.value("outbox_relay_slot_status_up") == 1.0);
     CHECK(m.value("outbox_relay_kafka_brokers_up").value_or(0) >= 1.0);
     CHECK(m.value("outbox_relay_kafka_stats_total").value_or(0) >= 1.0);
