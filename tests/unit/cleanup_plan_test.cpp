@@ -1,8 +1,13 @@
 #include "outbox_relay/cleanup_plan.hpp"
+#include "outbox_relay/config.hpp"
 
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
 
 using namespace std::chrono_literals;
 using outbox::cleanup_mark;
@@ -255,3 +260,62 @@ TEST_CASE("reset_forgets_the_completed_pass") {
     CHECK(p.pass_needed(mark(50, 500, 1s)));
 }
 
+// ---- the options in the option table
+
+namespace {
+using flags_t = std::vector<std::pair<std::string, std::string>>;
+outbox::result<outbox::relay_config> build(flags_t extra, std::map<std::string, std::string> env = {},
+                                           std::string_view json = {}) {
+    flags_t f{{"postgres", "host=db dbname=app"}, {"brokers", "k1:9092"}};
+    f.insert(f.end(), extra.begin(), extra.end());
+    return outbox::build_config(json, "relay.json", env, f);
+}
+}  // namespace
+
+TEST_CASE("cleanup_is_off_by_default") {
+    auto c = build({});
+    REQUIRE(c.has_value());
+    CHECK(c->cleanup_after == 0ms);
+    CHECK(c->cleanup_batch == 10'000);
+}
+
+TEST_CASE("cleanup_options_from_flag_env_and_file") {
+    CHECK(build({{"cleanup-after", "15m"}, {"cleanup-batch", "500"}})->cleanup_after == 15min);
+    CHECK(build({{"cleanup-batch", "500"}})->cleanup_batch == 500);
+    CHECK(build({}, {{"OUTBOX_RELAY_CLEANUP_AFTER", "2d"}})->cleanup_after == 48h);
+    CHECK(build({}, {}, R"({"cleanup-after": "90s", "cleanup-batch": 20})")->cleanup_after == 90s);
+    CHECK(build({{"cleanup-after", "off"}})->cleanup_after == 0ms);
+}
+
+TEST_CASE("bad_cleanup_after_names_option_and_source") {
+    auto r = build({{"cleanup-after", "10"}});
+    REQUIRE(r.has_error());
+    CHECK(r.error().field == "cleanup-after");
+    CHECK(r.error().source == "--cleanup-after");
+    CHECK(r.error().message.find("unit") != std::string::npos);
+    auto e = build({}, {{"OUTBOX_RELAY_CLEANUP_AFTER", "1y"}});
+    REQUIRE(e.has_error());
+    CHECK(e.error().field == "cleanup-after");
+    CHECK(e.error().source == "OUTBOX_RELAY_CLEANUP_AFTER");
+}
+
+TEST_CASE("bad_cleanup_batch_names_option") {
+    for (const char* v : {"0", "1000001", "-5", "many"}) {
+        CAPTURE(v);
+        auto r = build({{"cleanup-batch", v}});
+        REQUIRE(r.has_error());
+        CHECK(r.error().field == "cleanup-batch");
+    }
+}
+
+TEST_CASE("cleanup_after_shows_what_it_parsed") {
+    for (const auto& o : outbox::options()) {
+        if (o.name != "cleanup-after") continue;
+        outbox::relay_config c;
+        CHECK(o.show(c).empty());  // off
+        CHECK(o.apply(c, "36h").empty());
+        CHECK(o.show(c) == "36h");
+        return;
+    }
+    FAIL("cleanup-after is not in the option table");
+}
