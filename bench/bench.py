@@ -1047,6 +1047,11 @@ def profile_catchup(ctx, phase, rows, template_slot):
 
 # ---------------------------------------------------------------- summary
 
+def num(v):
+    """A count for a log line; None (e.g. every record in one broker timestamp) prints as n/a."""
+    return "n/a" if v is None else f"{v:,}"
+
+
 def spread(vals):
     vals = [v for v in vals if v is not None]
     if not vals:
@@ -1130,7 +1135,7 @@ def evaluate_targets(res):
                             f"{c['median']:.2f} µs [{c['min']:.2f}–{c['max']:.2f}]", c["median"] <= 3))
     dbz = res.get("debezium", {})
     if dbz.get("catchup", {}).get("a") and ca:
-        best = max(v["stream_rate"] for v in dbz["catchup"]["a"].values())
+        best = max((v["stream_rate"] or 0) for v in dbz["catchup"]["a"].values())
         ours = ca["summary"]["relay_stream_rate"]["median"]
         t.append(target("catch-up vs Debezium (a)", "≥ 6× (streaming rates, Debezium's better config)",
                         f"{ours / best:.1f}× ({ours:.0f} vs {best:.0f} ev/s)", ours / best >= 6))
@@ -1539,7 +1544,7 @@ def main():
                 rnd = {"relay": rl, "pg_recvlogical": pg, "kafka_ingest": kf,
                        "ratio_pg": round(rl["rate"] / pg["rate"], 3), "ratio_kafka": round(rl["rate"] / kf["rate"], 3)}
                 out["rounds"].append(rnd)
-                log(f"catch-up ({ph['name']}) round {i}: relay {rl['rate']:,}/s (first→last {rl['stream_rate']:,}/s, "
+                log(f"catch-up ({ph['name']}) round {i}: relay {rl['rate']:,}/s (first→last {num(rl['stream_rate'])}/s, "
                     f"RSS {rl['rss_max_mib']} MiB, {rl['cpu_us_per_event']} µs CPU/event), pg_recvlogical "
                     f"{pg['rate']:,}/s, kafka ingest {kf['rate']:,}/s, ratio {rnd['ratio_pg']:.2f} / "
                     f"{rnd['ratio_kafka']:.2f}")
@@ -1554,7 +1559,7 @@ def main():
                     v = dbz_catchup(ctx, ph, cfg, ph["rows"], tmpl)
                     res["debezium"]["catchup"][ph["name"]][cfg] = v
                     log(f"catch-up ({ph['name']}) Debezium {cfg}: {v['rate']:,}/s from spawn, "
-                        f"{v['stream_rate']:,}/s first→last record")
+                        f"{num(v['stream_rate'])}/s first→last record")
             drop_slot(ctx, tmpl)
 
         for rate, clients, seconds in s["latency"]:

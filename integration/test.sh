@@ -5,16 +5,26 @@
 #   2. Release build of everything                 build/
 #   3. ASan+UBSan build, unit tests under it        build-asan/
 #   4. start a local Postgres + Kafka stack         (integration/stack.sh; always torn down on exit)
+#      PostgreSQL 15 (Debian) + one Kafka 3.9.1 node
 #   5. ctest -L 'unit|component|integration'       against that stack
-#   6. libFuzzer targets, OUTBOX_FUZZ_SECONDS each  build-fuzz/ (when clang is installed)
+#   6. a second stack: PostgreSQL 18 + Kafka 4.4.0, 3 nodes (the version matrix)
+#   7. ctest -L matrix                              against it: the relay scenarios,
+#      the fault suite and the version tests (label `matrix`, integration/CMakeLists.txt)
+#   8. libFuzzer targets, OUTBOX_FUZZ_SECONDS each  build-fuzz/ (when clang is installed)
 #
 # Every step runs even if an earlier independent one failed, so one run shows all
 # problems; the exit status is non-zero if any step failed. A summary ends the output.
 #
-# The stack gets its own state dir and ports (not the defaults of a developer's
+# Each stack gets its own state dir and ports (not the defaults of a developer's
 # `stack.sh up`), so running the suite never tears down a stack someone is using:
 #   OUTBOX_TEST_STACK_DIR (default /tmp/outbox-relay-test-stack), OUTBOX_TEST_PG_PORT
 #   (55433), OUTBOX_TEST_KAFKA_PORT (19094), OUTBOX_TEST_KAFKA_CONTROLLER_PORT (19095).
+# The matrix stack derives its own from those unless set: OUTBOX_TEST_MATRIX_STACK_DIR
+#   (<stack dir>-matrix), OUTBOX_TEST_MATRIX_PG_PORT (PG port + 1),
+#   OUTBOX_TEST_MATRIX_KAFKA_PORT (Kafka port + 10; nodes 2 and 3 at +20, +30),
+#   OUTBOX_TEST_MATRIX_KAFKA_CONTROLLER_PORT (controller port + 10, likewise), and its
+#   versions: OUTBOX_TEST_MATRIX_PG_VERSION (18), OUTBOX_TEST_MATRIX_KAFKA_VERSION
+#   (4.4.0), OUTBOX_TEST_MATRIX_KAFKA_NODES (3).
 # Other knobs: OUTBOX_FUZZ_SECONDS (30), OUTBOX_TEST_JOBS (nproc), and the build dirs
 # OUTBOX_TEST_BUILD_DIR (build), OUTBOX_TEST_ASAN_DIR (build-asan),
 # OUTBOX_TEST_FUZZ_DIR (build-fuzz), relative to the repo root or absolute.
@@ -28,11 +38,46 @@ B="${OUTBOX_TEST_BUILD_DIR:-build}"
 BA="${OUTBOX_TEST_ASAN_DIR:-build-asan}"
 BF="${OUTBOX_TEST_FUZZ_DIR:-build-fuzz}"
 
-export OUTBOX_STACK_DIR="${OUTBOX_TEST_STACK_DIR:-/tmp/outbox-relay-test-stack}"
-export OUTBOX_STACK_PG_PORT="${OUTBOX_TEST_PG_PORT:-55433}"
-export OUTBOX_STACK_KAFKA_PORT="${OUTBOX_TEST_KAFKA_PORT:-19094}"
-export OUTBOX_STACK_KAFKA_CONTROLLER_PORT="${OUTBOX_TEST_KAFKA_CONTROLLER_PORT:-19095}"
+# The two stacks, as the OUTBOX_STACK_* settings stack.sh reads. Every stack.sh call
+# below goes through with_stack, so neither inherits the other's settings.
+PRIMARY_DIR="${OUTBOX_TEST_STACK_DIR:-/tmp/outbox-relay-test-stack}"
+PRIMARY_PG_PORT="${OUTBOX_TEST_PG_PORT:-55433}"
+PRIMARY_KAFKA_PORT="${OUTBOX_TEST_KAFKA_PORT:-19094}"
+PRIMARY_CONTROLLER_PORT="${OUTBOX_TEST_KAFKA_CONTROLLER_PORT:-19095}"
+primary_stack=(
+    OUTBOX_STACK_DIR="$PRIMARY_DIR"
+    OUTBOX_STACK_PG_PORT="$PRIMARY_PG_PORT"
+    OUTBOX_STACK_KAFKA_PORT="$PRIMARY_KAFKA_PORT"
+    OUTBOX_STACK_KAFKA_CONTROLLER_PORT="$PRIMARY_CONTROLLER_PORT"
+    OUTBOX_STACK_PG_VERSION=15
+    OUTBOX_STACK_KAFKA_VERSION=3.9.1
+    OUTBOX_STACK_KAFKA_NODES=1
+)
+MATRIX_PG_VERSION="${OUTBOX_TEST_MATRIX_PG_VERSION:-18}"
+MATRIX_KAFKA_VERSION="${OUTBOX_TEST_MATRIX_KAFKA_VERSION:-4.4.0}"
+MATRIX_KAFKA_NODES="${OUTBOX_TEST_MATRIX_KAFKA_NODES:-3}"
+matrix_stack=(
+    OUTBOX_STACK_DIR="${OUTBOX_TEST_MATRIX_STACK_DIR:-${PRIMARY_DIR%/}-matrix}"
+    OUTBOX_STACK_PG_PORT="${OUTBOX_TEST_MATRIX_PG_PORT:-$((PRIMARY_PG_PORT + 1))}"
+    OUTBOX_STACK_KAFKA_PORT="${OUTBOX_TEST_MATRIX_KAFKA_PORT:-$((PRIMARY_KAFKA_PORT + 10))}"
+    OUTBOX_STACK_KAFKA_CONTROLLER_PORT="${OUTBOX_TEST_MATRIX_KAFKA_CONTROLLER_PORT:-$((PRIMARY_CONTROLLER_PORT + 10))}"
+    OUTBOX_STACK_PG_VERSION="$MATRIX_PG_VERSION"
+    OUTBOX_STACK_KAFKA_VERSION="$MATRIX_KAFKA_VERSION"
+    OUTBOX_STACK_KAFKA_NODES="$MATRIX_KAFKA_NODES"
+)
+MATRIX_NAME="PG$MATRIX_PG_VERSION+Kafka $MATRIX_KAFKA_VERSION x$MATRIX_KAFKA_NODES"
 STACK="$ROOT/integration/stack.sh"
+
+# with_stack primary|matrix CMD... — CMD with that stack's OUTBOX_STACK_* settings.
+with_stack() {
+    local which="$1"
+    shift
+    if [[ "$which" == primary ]]; then
+        env "${primary_stack[@]}" "$@"
+    else
+        env "${matrix_stack[@]}" "$@"
+    fi
+}
 
 declare -a summary=()
 failed=0
@@ -48,16 +93,16 @@ step() {
     "$@" || rc=$?
     local took=$((SECONDS - start))
     if [[ $rc -eq 0 ]]; then
-        summary+=("$(printf 'PASS  %-34s %5ss' "$name" "$took")")
+        summary+=("$(printf 'PASS  %-44s %5ss' "$name" "$took")")
     else
-        summary+=("$(printf 'FAIL  %-34s %5ss  (exit %s)' "$name" "$took" "$rc")")
+        summary+=("$(printf 'FAIL  %-44s %5ss  (exit %s)' "$name" "$took" "$rc")")
         failed=1
     fi
     return "$rc"
 }
 
 skip() {
-    summary+=("$(printf 'SKIP  %-34s        %s' "$1" "$2")")
+    summary+=("$(printf 'SKIP  %-44s        %s' "$1" "$2")")
     printf '\n[skip] %s: %s\n' "$1" "$2"
 }
 
@@ -67,10 +112,15 @@ print_summary() {
     if [[ $failed -eq 0 ]]; then echo "RESULT: PASS"; else echo "RESULT: FAIL"; fi
 }
 
+stack_down() {  # primary|matrix
+    with_stack "$1" bash "$STACK" down >/dev/null 2>&1 || with_stack "$1" bash "$STACK" down
+}
+
 cleanup() {
     local rc=$?
     # Whatever happened (failure, Ctrl-C, a test that hung), leave nothing running.
-    bash "$STACK" down >/dev/null 2>&1 || bash "$STACK" down || true
+    stack_down primary || true
+    stack_down matrix || true
     print_summary
     if [[ $failed -ne 0 && $rc -eq 0 ]]; then rc=1; fi
     exit "$rc"
@@ -147,22 +197,48 @@ else
     skip "unit tests under ASan+UBSan" "ASan build failed"
 fi
 
-stack_ok=1
-step "stack up" bash "$STACK" up || stack_ok=0
+# stack_up primary|matrix — a fresh stack: whatever a killed earlier run left in this
+# state dir is removed first, so no leftover state leaks into the results.
+stack_up() {
+    stack_down "$1" && with_stack "$1" bash "$STACK" up
+}
 
+# run_ctest primary|matrix CTEST_ARGS... — ctest with that stack's test environment
+# (OUTBOX_TEST_PG, OUTBOX_TEST_BROKERS, ... from `stack.sh env`), in a subshell so the
+# other stack's run does not see it. Unit and component tests run in parallel;
+# integration tests hold RESOURCE_LOCK stack, so ctest runs them one at a time.
+# --timeout applies to tests without their own TIMEOUT property.
+run_ctest() {
+    local which="$1"
+    shift
+    (
+        eval "$(with_stack "$which" bash "$STACK" env)"
+        echo "OUTBOX_TEST_PG=$OUTBOX_TEST_PG OUTBOX_TEST_BROKERS=$OUTBOX_TEST_BROKERS" \
+            "pg=$OUTBOX_TEST_PG_VERSION kafka=$OUTBOX_TEST_KAFKA_VERSION nodes=$OUTBOX_TEST_KAFKA_NODES"
+        ctest --test-dir "$B" --output-on-failure -j"$JOBS" --timeout 600 "$@"
+    )
+}
+
+stack_ok=1
+step "stack up: PG15+Kafka 3.9.1 x1" stack_up primary || stack_ok=0
 if [[ $build_ok -eq 1 && $stack_ok -eq 1 ]]; then
-    eval "$(bash "$STACK" env)"
-    echo "OUTBOX_TEST_PG=$OUTBOX_TEST_PG OUTBOX_TEST_BROKERS=$OUTBOX_TEST_BROKERS"
-    # Unit and component tests run in parallel; integration tests hold RESOURCE_LOCK
-    # stack, so ctest runs them one at a time. --timeout applies to tests without
-    # their own TIMEOUT property.
-    step "ctest unit|component|integration" ctest --test-dir "$B" --output-on-failure \
-        -L 'unit|component|integration' -j"$JOBS" --timeout 600 || true
+    step "ctest unit|component|integration" run_ctest primary -L 'unit|component|integration' || true
 else
     skip "ctest unit|component|integration" "build or stack failed"
 fi
-# The stack is not needed any more; free its memory for the fuzz build.
-bash "$STACK" down || true
+# The stack is not needed any more; free its memory for the next one.
+stack_down primary || true
+
+# The same relay scenarios and fault suite on the newest servers users run, on a real
+# 3-broker cluster (RF 3, min.insync.replicas 2).
+matrix_ok=1
+step "stack up: $MATRIX_NAME" stack_up matrix || matrix_ok=0
+if [[ $build_ok -eq 1 && $matrix_ok -eq 1 ]]; then
+    step "ctest matrix on $MATRIX_NAME" run_ctest matrix -L matrix || true
+else
+    skip "ctest matrix on $MATRIX_NAME" "build or stack failed"
+fi
+stack_down matrix || true
 
 if command -v clang++ >/dev/null; then
     if CXX=clang++ step "build fuzz targets ($BF/)" configure_build "$BF" @fuzz -- \

@@ -83,9 +83,12 @@ int run(const std::vector<std::pair<std::string, std::string>>& flags, const std
     }
     namespace log = outbox::io::log;
     log::init(cfg->log_level);
-    log::info("main", "event=starting version={} postgres={} brokers={} slot={} publication={} table={}.{}",
+    std::string tables;
+    for (const auto& t : outbox::table_routes(*cfg)) tables += (tables.empty() ? "" : ",") + t.schema + "." + t.table;
+    log::info("main",
+              "event=starting version={} postgres={} brokers={} slot={} publication={} tables={} message_prefix={}",
               OUTBOX_RELAY_VERSION, log::quote(outbox::redact_conninfo(cfg->postgres)), cfg->brokers, cfg->slot,
-              cfg->publication, cfg->routing.schema, cfg->routing.table);
+              cfg->publication, log::quote(tables), log::quote(cfg->message_prefix));
 
     // Refused before pg_setup creates anything: a slot made for a refused
     // start would hold WAL.
@@ -105,7 +108,9 @@ int run(const std::vector<std::pair<std::string, std::string>>& flags, const std
     }
 
     // Matched by OID from now on too (a renamed table is still the outbox).
-    cfg->routing.relid = setup.table_oid;
+    if (cfg->tables.empty()) cfg->tables = outbox::table_routes(*cfg);
+    for (std::size_t i = 0; i < cfg->tables.size() && i < setup.table_oids.size(); ++i)
+        cfg->tables[i].relid = setup.table_oids[i];
     boost::asio::io_context ioc(1);
     outbox::io::relay relay(ioc, *cfg);
     relay.set_slot_created(setup.slot_created);

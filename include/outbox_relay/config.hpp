@@ -32,7 +32,12 @@ struct relay_config {
     std::string brokers;                      // bootstrap.servers
     std::string slot = "outbox_relay";
     std::string publication = "outbox_relay_pub";
-    routing_config routing;                   // table (schema.table), columns, topic template
+    // The route options given at the top level: the one outbox table, or
+    // the defaults of every entry of the file's "tables" and of "messages".
+    routing_config routing;
+    std::vector<routing_config> tables;       // every outbox table: build_config fills it (at least one)
+    std::string message_prefix = "outbox";    // pg_logical_emit_message prefix relayed as events; empty = off
+    routing_config messages;                  // the route of the outbox messages (build_config fills it)
     std::map<std::string, std::string> kafka; // -X librdkafka properties
     delivery_mode delivery = delivery_mode::exactly_once;
     std::size_t max_inflight_records = 100'000;
@@ -69,6 +74,10 @@ struct option_spec {
 
 // The option table, in --help order.
 std::span<const option_spec> options() noexcept;
+
+// The outbox tables' routes: cfg.tables, or cfg.routing alone when tables
+// is empty (a relay_config built by hand rather than by build_config).
+std::vector<routing_config> table_routes(const relay_config& cfg);
 
 // OUTBOX_RELAY_<NAME> for option `name`.
 std::string env_name_of(std::string_view name);

@@ -34,6 +34,8 @@ enum class errc : int {
     unchanged_toast_column,    // a mapped column came as 'u' (unchanged TOAST)
     bad_topic_template,
     invalid_topic,             // a routed topic name Kafka would refuse
+    bad_placement,             // an additional-field placement that cannot be built
+    bad_message,               // an outbox message that is not a JSON object of the fields
     // checkpoint
     lsn_went_backwards,
 };

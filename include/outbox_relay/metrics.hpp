@@ -156,6 +156,8 @@ struct relay_metrics {
     counter& cleanup_runs;          // outbox_relay_cleanup_runs_total
     counter& cleanup_errors;        // outbox_relay_cleanup_errors_total
     gauge& cleanup_mark_lag;        // outbox_relay_cleanup_mark_lag_seconds
+    counter& outbox_messages;      // outbox_relay_outbox_messages_total
+    counter& trace_context_dropped;  // outbox_relay_trace_context_dropped_total
 };
 
 }  // namespace outbox

@@ -10,6 +10,7 @@
 // A `record` only views bytes; whoever hands one out says how long they live.
 // An `owned_record` holds its own copy and hands out records viewing it.
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <span>
 #include <string_view>
@@ -19,8 +20,12 @@ namespace outbox {
 
 struct header {
     std::string_view name;
-    std::string_view value;
+    std::string_view value;    // empty view with value_null = true for a null header value
+    bool value_null = false;
 };
+
+// No partition chosen: the producer's partitioner picks one from the key.
+inline constexpr std::int32_t any_partition = -1;
 
 struct record {
     std::string_view topic;
@@ -29,6 +34,8 @@ struct record {
     std::string_view value;    // empty view with value_null = true for a null value (tombstone)
     bool value_null = false;
     std::span<const header> headers;
+    std::int32_t partition = any_partition;  // a placement column can choose it
+    std::int64_t timestamp_ms = 0;           // Kafka record timestamp (ms since the Unix epoch); 0 = the producer's clock
 
     // The measure of backpressure: key + value + header names and values.
     // (librdkafka's own queue limit counts less, so it never fills first.)

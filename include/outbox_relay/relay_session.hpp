@@ -30,6 +30,7 @@
 #include "outbox_relay/lsn.hpp"
 #include "outbox_relay/metrics.hpp"
 #include "outbox_relay/outbox.hpp"
+#include "outbox_relay/outbox_message.hpp"
 #include "outbox_relay/pgoutput.hpp"
 #include "outbox_relay/record.hpp"
 #include "outbox_relay/relation_cache.hpp"
@@ -76,6 +77,7 @@ enum class refusal {
     topic_authorization,  // TOPIC_AUTHORIZATION_FAILED
     unknown_topic,        // the topic does not exist and is not created
     invalid_topic,        // the brokers refuse the name
+    unknown_partition,    // a partition placement named a partition the topic lacks
     other,                // policy violation, invalid record or timestamp, ...
 };
 
@@ -134,8 +136,9 @@ struct resume_reading {};
 struct produce { record rec; record_tag tag; };
 struct scan_topic { std::uint64_t id; std::string topic; lsn from; source_id source; };
 // The slot was created at this start: look through the newest records of
-// every topic named prefix...suffix for records of this origin (a gap).
-struct probe_gap { std::string prefix, suffix; source_id source; };
+// every topic named prefix...suffix (for any of the routes' pairs) for
+// records of this origin (a gap).
+struct probe_gap { std::vector<std::pair<std::string, std::string>> affixes; source_id source; };
 // Kafka transactions (exactly-once with kafka-transactions): the shell runs
 // init and commit off the loop and reports on_txn_done; begin is immediate.
 struct init_txn {};
@@ -169,8 +172,9 @@ struct txn_outcome {
 
 class relay_session {
 public:
-    // `cfg` is copied. The mapper is built from cfg.routing, which
-    // build_config has validated (an invalid template aborts).
+    // `cfg` is copied. One mapper per outbox table (table_routes(cfg)) and
+    // one for the outbox messages when cfg.message_prefix is set, all
+    // validated by build_config (an invalid route aborts).
     explicit relay_session(const relay_config& cfg);
     relay_session(const relay_session&) = delete;
     relay_session& operator=(const relay_session&) = delete;
@@ -262,13 +266,18 @@ private:
     void on_message(const M& m, const walsender::xlog_data& x);
 
     // records
-    void route(const record& mapped, record_position pos);
+    void map_row(const outbox_mapper& m, const cached_relation& rel, const pgoutput::tuple_data& row,
+                 std::span<const header> extra, std::string_view what, const walsender::xlog_data& x);
+    void route(const record& mapped, record_position pos, const outbox_mapper& m);
     void send(const record& rec, record_position pos, std::optional<checkpoint_tracker::txn_id> existing);
+    // `table`: where the record came from; empty = the routes that sent
+    // records to `intended_topic`.
     void dead_letter(const record& orig, record_position pos, std::string_view reason, std::string detail,
                      std::string_view intended_topic, std::optional<checkpoint_tracker::txn_id> existing,
-                     bool without_value = false);
-    void refuse_row(errc code, const std::string& field, const cached_relation& rel,
-                    const pgoutput::tuple_data& row, const walsender::xlog_data& x);
+                     bool without_value = false, std::string_view table = {});
+    void refuse_row(const outbox_mapper& m, const error& e, const cached_relation& rel, const pgoutput::tuple_data& row,
+                    const row_context& ctx, std::string_view what, const walsender::xlog_data& x);
+    void relay_message(const pgoutput::message& msg, const walsender::xlog_data& x);
     void shrink_batches(std::size_t record_bytes, event_time now);
     void to_producer(const record& rec, record_position pos, checkpoint_tracker::txn_id txn, std::size_t bytes);
     void open_txn();
@@ -306,7 +315,15 @@ private:
 
     relay_config cfg_;
     relay_metrics metrics_;
-    outbox_mapper mapper_;
+    std::vector<outbox_mapper> mappers_;       // one per outbox table
+    std::optional<outbox_mapper> message_mapper_;  // the outbox messages' route, when relayed
+    // relid -> index into mappers_, or -1: not an outbox table (set by Relation messages).
+    std::unordered_map<std::uint32_t, int> route_of_;
+    // topic -> the routes whose records went there, for a dead letter's table header.
+    std::unordered_map<std::string, std::string> topic_tables_;
+    std::string last_label_topic_;
+    const outbox_mapper* last_label_mapper_ = nullptr;
+    outbox_message message_;
     pgoutput::decoder decoder_;
     relation_cache relations_;
     checkpoint_tracker tracker_;
@@ -348,6 +365,7 @@ private:
     // the open transaction
     bool in_txn_ = false;
     lsn txn_final_lsn_;
+    std::int64_t txn_commit_time_us_ = 0;  // its commit time, µs since the Unix epoch (Begin)
     std::uint32_t seq_ = 0;
 
     // producer

@@ -2,6 +2,7 @@
 
 #include <libpq-fe.h>
 #include <librdkafka/rdkafka.h>
+#include <fcntl.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -168,7 +169,11 @@ std::string pg_scalar(const std::string& conninfo, const std::string& sql) {
     return rows.front().front();
 }
 
-void stack(const std::vector<std::string>& args) {
+namespace {
+
+// Spawns `bash $OUTBOX_STACK_SH args...`, waits, and throws unless it exited 0. With
+// `out`, the child's stdout is read into it through a pipe.
+void run_stack(const std::vector<std::string>& args, std::string* out) {
     const std::string script = env_or_fail("OUTBOX_STACK_SH");
     std::vector<std::string> argv_s{"bash", script};
     argv_s.insert(argv_s.end(), args.begin(), args.end());
@@ -182,9 +187,37 @@ void stack(const std::vector<std::string>& args) {
     // Our buffered output must come out before the child's, or the log interleaves.
     std::fflush(stdout);
     std::fflush(stderr);
+    int fds[2] = {-1, -1};
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    if (out) {
+        if (::pipe2(fds, O_CLOEXEC) != 0) {
+            posix_spawn_file_actions_destroy(&actions);
+            fail("stack " + cmd + ": pipe: " + std::strerror(errno));
+        }
+        posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+    }
     pid_t pid = 0;
-    if (int rc = posix_spawnp(&pid, "bash", nullptr, nullptr, argv.data(), environ); rc != 0) {
+    const int rc = posix_spawnp(&pid, "bash", &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    if (out) ::close(fds[1]);
+    if (rc != 0) {
+        if (out) ::close(fds[0]);
         fail("stack " + cmd + ": cannot spawn bash: " + std::strerror(rc));
+    }
+    if (out) {
+        // Read to EOF before waiting, so a verb printing more than a pipe buffer
+        // cannot block forever.
+        char buf[4096];
+        for (;;) {
+            const ssize_t n = ::read(fds[0], buf, sizeof buf);
+            if (n > 0) {
+                out->append(buf, static_cast<std::size_t>(n));
+            } else if (n == 0 || errno != EINTR) {
+                break;
+            }
+        }
+        ::close(fds[0]);
     }
     int status = 0;
     while (::waitpid(pid, &status, 0) < 0) {
@@ -193,6 +226,27 @@ void stack(const std::vector<std::string>& args) {
     if (WIFSIGNALED(status)) fail("stack " + cmd + ": killed by signal " + std::to_string(WTERMSIG(status)));
     if (WEXITSTATUS(status) != 0)
         fail("stack " + cmd + ": exit status " + std::to_string(WEXITSTATUS(status)));
+}
+
+}  // namespace
+
+void stack(const std::vector<std::string>& args) { run_stack(args, nullptr); }
+
+std::string stack_output(const std::vector<std::string>& args) {
+    std::string out;
+    run_stack(args, &out);
+    return out;
+}
+
+int kafka_nodes() {
+    const std::string v = env_or_fail("OUTBOX_TEST_KAFKA_NODES");
+    int n = 0;
+    for (char c : v) {
+        if (!std::isdigit(static_cast<unsigned char>(c)) || n > 1000) fail("OUTBOX_TEST_KAFKA_NODES is not a number: " + v);
+        n = n * 10 + (c - '0');
+    }
+    if (n < 1) fail("OUTBOX_TEST_KAFKA_NODES must be at least 1, got " + v);
+    return n;
 }
 
 void wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout, std::string_view what) {
@@ -298,6 +352,7 @@ std::vector<kafka_record> consume_all(const std::string& brokers, const std::str
                  rd_kafka_header_get_all(hdrs, i, &name, &val, &size) == RD_KAFKA_RESP_ERR_NO_ERROR; ++i) {
                 r.headers.emplace_back(
                     name, val ? std::string(static_cast<const char*>(val), size) : std::string());
+                if (!val) r.null_headers.emplace_back(name);
             }
         }
         out.push_back(std::move(r));
@@ -307,6 +362,38 @@ std::vector<kafka_record> consume_all(const std::string& brokers, const std::str
         return std::pair(a.partition, a.offset) < std::pair(b.partition, b.offset);
     });
     return out;
+}
+
+std::int32_t partition_leader(const std::string& brokers, const std::string& topic, std::int32_t partition) {
+    char err[512];
+    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    conf_set(conf, "bootstrap.servers", brokers);
+    // A consumer handle: its metadata requests never create the topic (a producer's
+    // would, with the broker's auto.create.topics.enable). No group is joined.
+    conf_set(conf, "allow.auto.create.topics", "false");
+    conf_set(conf, "group.id", unique_name("it_leader"));
+    std::unique_ptr<rd_kafka_t, rk_deleter> rk{rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err)};
+    if (!rk) {
+        rd_kafka_conf_destroy(conf);
+        fail(std::string("partition_leader: cannot create client: ") + err);
+    }
+    std::unique_ptr<rd_kafka_topic_t, rkt_deleter> rkt{rd_kafka_topic_new(rk.get(), topic.c_str(), nullptr)};
+    const rd_kafka_metadata_t* md = nullptr;
+    if (auto e = rd_kafka_metadata(rk.get(), 0, rkt.get(), &md, 10000); e != RD_KAFKA_RESP_ERR_NO_ERROR)
+        fail("partition_leader: metadata for " + topic + ": " + rd_kafka_err2str(e));
+    std::unique_ptr<const rd_kafka_metadata_t, void (*)(const rd_kafka_metadata_t*)> guard{md, rd_kafka_metadata_destroy};
+    if (md->topic_cnt != 1 || md->topics[0].err != RD_KAFKA_RESP_ERR_NO_ERROR)
+        fail("partition_leader: topic " + topic + ": " +
+             (md->topic_cnt == 1 ? rd_kafka_err2str(md->topics[0].err) : std::string("not in the metadata")));
+    for (int i = 0; i < md->topics[0].partition_cnt; ++i) {
+        const auto& p = md->topics[0].partitions[i];
+        if (p.id != partition) continue;
+        if (p.err != RD_KAFKA_RESP_ERR_NO_ERROR && p.leader < 0)
+            fail("partition_leader: " + topic + "/" + std::to_string(partition) + ": " + rd_kafka_err2str(p.err));
+        if (p.leader < 0) fail("partition_leader: " + topic + "/" + std::to_string(partition) + " has no leader");
+        return p.leader;
+    }
+    fail("partition_leader: topic " + topic + " has no partition " + std::to_string(partition));
 }
 
 }  // namespace outbox::it

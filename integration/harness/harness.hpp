@@ -60,6 +60,16 @@ std::string pg_scalar(const std::string& conninfo, const std::string& sql);
 // non-zero or dies by a signal. No shell is involved, so arguments need no quoting.
 void stack(const std::vector<std::string>& args);
 
+// Like stack(), but captures and returns the verb's stdout (stderr still goes to the
+// test's), e.g. stack_output({"kafka-leader", topic, "0"}) -> "2\n".
+std::string stack_output(const std::vector<std::string>& args);
+
+// Number of Kafka nodes of the stack (OUTBOX_TEST_KAFKA_NODES from `stack.sh env`):
+// 1 by default, 3 on the multi-broker cluster. Node ids are 1..kafka_nodes(), so
+// stack({"kafka-kill-node", "2"}) addresses broker id 2. Throws when unset or not a
+// positive number.
+int kafka_nodes();
+
 // ---------------------------------------------------------------- waiting
 
 // Polls `pred` (first at once, then with a backoff growing from 10 ms to 250 ms)
@@ -77,6 +87,7 @@ struct kafka_record {
     std::optional<std::string> key;                            // nullopt = null key
     std::optional<std::string> value;                          // nullopt = null value (tombstone)
     std::vector<std::pair<std::string, std::string>> headers;  // in record order; null value -> ""
+    std::vector<std::string> null_headers;                     // names of the headers whose value is null
 
     // Value of the first header named `name`, nullopt if there is none.
     std::optional<std::string> header(std::string_view name) const;
@@ -91,5 +102,11 @@ struct kafka_record {
 // Records are ordered by partition, then offset.
 std::vector<kafka_record> consume_all(const std::string& brokers, const std::string& topic,
                                       std::size_t expected_count, std::chrono::milliseconds timeout);
+
+// Broker id leading partition `partition` of `topic`, from one metadata request to
+// `brokers` (any live node answers). The request never auto-creates the topic. Throws
+// when the topic or partition is unknown or the partition has no leader right now
+// (e.g. mid-election): poll it with wait_until to wait for a new leader.
+std::int32_t partition_leader(const std::string& brokers, const std::string& topic, std::int32_t partition);
 
 }  // namespace outbox::it

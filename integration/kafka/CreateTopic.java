@@ -1,5 +1,5 @@
-// Creates a topic with an exact partition count on the test broker and waits until
-// every partition has a leader. Run by `integration/stack.sh create-topic NAME N` as a
+// Creates a topic with an exact partition count on the test cluster (Kafka 3.x or
+// 4.x, one node or three) and waits until every partition has a leader. Run by `integration/stack.sh create-topic NAME N` as a
 // single-file source program (java CreateTopic.java ...) against the cached broker
 // jars, so no extra Maven artifact (kafka-tools pulls Jetty/Jersey) and no build step
 // is needed. kcat cannot create topics, and auto-creation always uses num.partitions.
@@ -10,6 +10,7 @@
 
 import java.util.List;
 import java.util.Map;
+import java.util.Optional;
 import java.util.Properties;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
@@ -36,7 +37,10 @@ public class CreateTopic {
         props.put(AdminClientConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, "30000");
         try (Admin admin = Admin.create(props)) {
             try {
-                admin.createTopics(List.of(new NewTopic(topic, partitions, (short) 1)))
+                // No replication factor: the broker's default.replication.factor (1 on a
+                // one-node stack, 3 on the 3-node cluster). This constructor exists in
+                // the 3.x and 4.x clients alike.
+                admin.createTopics(List.of(new NewTopic(topic, Optional.of(partitions), Optional.empty())))
                         .all().get(30, TimeUnit.SECONDS);
             } catch (ExecutionException e) {
                 if (!(e.getCause() instanceof TopicExistsException)) {

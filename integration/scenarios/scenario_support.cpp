@@ -189,9 +189,15 @@ relay_process& scenario::start_relay_via(const std::string& conninfo, const std:
 }
 
 void scenario::wait_streaming(relay_process& r, std::chrono::seconds timeout) {
+    // Held by a walsender, not just active: while the relay's setup connection runs
+    // pg_create_logical_replication_slot, that ordinary backend holds the slot for a
+    // moment, and a test that took its pid for the relay's walsender failed
+    // (08_standby_takeover, seen once under load).
+    const std::string held = "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid"
+                             " WHERE s.slot_name = " + sql_literal(slot_) + " AND a.backend_type = 'walsender'";
     bool ok = wait_until(clock::now() + timeout, [&] {
         if (!r.running()) return true;  // reported below
-        return slot_info().active_pid.has_value();
+        return admin_.scalar(held) == std::optional<std::string>("1");
     });
     if (!r.running()) {
         auto st = r.wait_exit(clock::now());

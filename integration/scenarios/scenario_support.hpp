@@ -3,7 +3,7 @@
 // environment, a small libpq wrapper, a per-scenario fixture (own table, slot,
 // publication and topic prefix, unique per run, cleaned up at the end), an
 // outbox writer that keeps a per-aggregate `seq` increasing in commit order,
-// and relay start/stop with readiness = slot active. Test-side code: failures
+// and relay start/stop with readiness = slot held by a walsender. Test-side code: failures
 // to set up throw std::runtime_error (doctest reports them as errors).
 #include "checker.hpp"
 #include "relay_process.hpp"
@@ -105,8 +105,8 @@ public:
     // The same, reaching Postgres through `conninfo` (e.g. a tcp_proxy's port).
     relay_process& start_relay_via(const std::string& conninfo, const std::string& name,
                                    const std::vector<std::string>& extra = {});
-    // Waits until the slot is active (the relay streams). On timeout throws
-    // with the relay's log tail.
+    // Waits until a walsender holds the slot (the relay streams). On timeout
+    // throws with the relay's log tail.
     void wait_streaming(relay_process& r, std::chrono::seconds timeout = 60s);
 
     slot_state slot_info();

@@ -5,19 +5,24 @@
 //     will read it.
 // (b) Kafka: an idempotent acks=all producer writes one record that the harness's
 //     assign()-based read_committed consumer reads back with key, value and headers.
+// (c) The cluster: leaders, the per-node verbs of stack.sh and, on the 3-node
+//     cluster, a partition leader failing over while acks=all keeps working.
 //
-// Both talk to the real servers, so both fail when the stack is down.
+// All talk to the real servers, so both fail when the stack is down.
 #include <doctest/doctest.h>
 #include <libpq-fe.h>
 #include <librdkafka/rdkafka.h>
 #include <sys/select.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "harness.hpp"
@@ -245,6 +250,96 @@ TEST_CASE("idempotent_produce_consumed_back_by_assign_consumer") {
     CHECK(r.header("id") == event_id);
     CHECK(r.header("content-type") == ct);
     CHECK(r.headers[0].first == "id");  // header order is preserved
+}
+
+// The cluster helpers (kafka_nodes, partition_leader, stack_output) and the stack's
+// per-node verbs. On the 3-node cluster: SIGKILL the leader of a partition, the
+// controller fences it within the broker session timeout (4 s) and moves leadership
+// to another replica, acks=all still succeeds with one node down
+// (min.insync.replicas=2), and the node rejoins with kafka-start-node.
+TEST_CASE("cluster_nodes_partition_leaders_and_node_verbs") {
+    const std::string brokers = env_or_fail("OUTBOX_TEST_BROKERS");
+    const int nodes = outbox::it::kafka_nodes();
+    INFO("brokers " << brokers << ", nodes " << nodes);
+    CHECK(std::count(brokers.begin(), brokers.end(), ',') + 1 == nodes);
+    const std::string topic = unique_name("smoke_leader");
+    outbox::it::stack({"create-topic", topic, "3"});
+    for (int p = 0; p < 3; ++p) {
+        const std::int32_t leader = outbox::it::partition_leader(brokers, topic, p);
+        CHECK(leader >= 1);
+        CHECK(leader <= nodes);
+        // stack.sh (kcat) and the librdkafka helper agree.
+        CHECK(outbox::it::stack_output({"kafka-leader", topic, std::to_string(p)}) == std::to_string(leader) + "\n");
+    }
+    // Unknown topics are an error, and asking does not create them.
+    const std::string nosuch = unique_name("smoke_nosuch");
+    CHECK_THROWS_WITH_AS(outbox::it::partition_leader(brokers, nosuch, 0), doctest::Contains("nknown topic"),
+                         std::runtime_error);
+    CHECK_THROWS_AS(outbox::it::stack({"kafka-leader", nosuch, "0"}), std::runtime_error);
+    CHECK_THROWS_AS(outbox::it::partition_leader(brokers, nosuch, 0), std::runtime_error);
+    // A node id outside 1..nodes is refused.
+    CHECK_THROWS_AS(outbox::it::stack({"kafka-kill-node", std::to_string(nodes + 1)}), std::runtime_error);
+    if (nodes < 3) return;  // one node: nothing to fail over to (checked above: it leads everything)
+
+    const std::int32_t old_leader = outbox::it::partition_leader(brokers, topic, 0);
+    const std::string node = std::to_string(old_leader);
+    struct node_back {  // restart the node even when a check below fails
+        std::string id;
+        bool down = false;
+        ~node_back() {
+            if (!down) return;
+            try {
+                outbox::it::stack({"kafka-start-node", id});
+            } catch (...) {
+            }
+        }
+    } back{node};
+    back.down = true;
+    outbox::it::stack({"kafka-kill-node", node});
+    std::int32_t new_leader = -1;
+    wait_until(
+        [&] {
+            try {
+                new_leader = outbox::it::partition_leader(brokers, topic, 0);
+            } catch (const std::runtime_error&) {
+                return false;  // mid-election
+            }
+            return new_leader != old_leader;
+        },
+        30s, "a new leader for partition 0 after its leader was killed");
+    CHECK(new_leader != old_leader);
+    // status reports the cluster as not fully up while a node is down.
+    CHECK_THROWS_AS(outbox::it::stack({"status"}), std::runtime_error);
+
+    // acks=all to that partition with two of three replicas left.
+    delivery dr;
+    char err[512] = "";
+    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    for (auto [k, v] : {std::pair{"bootstrap.servers", brokers.c_str()}, std::pair{"enable.idempotence", "true"},
+                        std::pair{"acks", "all"}, std::pair{"message.timeout.ms", "30000"}}) {
+        INFO(k << "=" << v << ": " << err);
+        REQUIRE(rd_kafka_conf_set(conf, k, v, err, sizeof err) == RD_KAFKA_CONF_OK);
+    }
+    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+    rd_kafka_conf_set_opaque(conf, &dr);
+    std::unique_ptr<rd_kafka_t, decltype(&rd_kafka_destroy)> rk{
+        rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err), &rd_kafka_destroy};
+    REQUIRE_MESSAGE(rk, err);
+    const std::string value = "with node " + node + " down";
+    REQUIRE(rd_kafka_producev(rk.get(), RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_PARTITION(0),
+                              RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
+                              RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END) == RD_KAFKA_RESP_ERR_NO_ERROR);
+    CHECK(rd_kafka_flush(rk.get(), 40000) == RD_KAFKA_RESP_ERR_NO_ERROR);
+    REQUIRE(dr.reports == 1);
+    CHECK_MESSAGE(dr.err == RD_KAFKA_RESP_ERR_NO_ERROR, rd_kafka_err2str(dr.err));
+    rk.reset();
+
+    outbox::it::stack({"kafka-start-node", node});
+    back.down = false;
+    outbox::it::stack({"status"});  // every node up and listed by every node again
+    const auto records = consume_all(brokers, topic, 1, 30s);
+    REQUIRE(records.size() == 1);
+    CHECK(records.front().value == value);
 }
 
 // The harness helpers the later scenarios lean on must fail loudly, not pass quietly.

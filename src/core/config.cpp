@@ -7,6 +7,9 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <optional>
+#include <set>
+#include <utility>
 #include <string_view>
 
 namespace outbox {
@@ -48,12 +51,16 @@ constexpr std::array<refused_prop, 10> refused_kafka_props = {{
     {"request.required.acks", "forced to all by the relay (nothing acked is lost)"},
     {"message.timeout.ms", "forced to 0 by the relay (records never time out in the producer)"},
     {"delivery.timeout.ms", "forced to 0 by the relay (records never time out in the producer)"},
-    {"transactional.id", "the relay uses the idempotent producer, not Kafka transactions"},
+    {"transactional.id", "set by the relay from the cluster, database and slot (kafka-transactions)"},
     // The relay stops reading Postgres above max-inflight-*; librdkafka's own
     // queue is sized above that so it can never refuse a record first.
     {"queue.buffering.max.messages", "sized by the relay: set max-inflight-records instead"},
     {"queue.buffering.max.kbytes", "sized by the relay: set max-inflight-bytes instead"},
 }};
+
+// The route options (table, topic, columns, placements, envelope): below.
+struct route_option;
+const route_option* find_route_option(std::string_view name);
 
 const option_spec* find_option(std::string_view name) {
     for (const option_spec& o : options())
@@ -69,7 +76,15 @@ struct raw_value {
 struct raw_config {
     std::map<std::string, raw_value> options;  // option name -> value
     std::map<std::string, raw_value> kafka;    // property -> value
+    // The file's "tables" (route options per outbox table) and "messages"
+    // (route options of the outbox messages).
+    std::optional<std::vector<std::map<std::string, raw_value>>> tables;
+    std::string tables_source;
+    std::map<std::string, raw_value> messages;
 };
+
+constexpr std::string_view tables_key = "tables";
+constexpr std::string_view messages_key = "messages";
 
 error config_error(std::string key, std::string source, std::string message) {
     error e(errc::bad_config, key);
@@ -148,6 +163,48 @@ result<void> read_file(std::string_view text, std::string_view file_name, raw_co
                 if (!json_scalar_text(pv, &s))
                     return config_error("kafka", source + "." + prop, "librdkafka property value must be a string, integer or boolean");
                 raw.kafka[prop] = {std::move(s), source + "." + prop};
+            }
+            continue;
+        }
+        if (key == tables_key || key == messages_key) {
+            const bool is_tables = key == tables_key;
+            if (is_tables && (!value.is_array() || value.empty()))
+                return config_error(key, source, "must be a non-empty array of objects, one per outbox table");
+            if (!is_tables && !value.is_object())
+                return config_error(key, source, "must be an object of route options for the outbox messages");
+            if (is_tables) {
+                raw.tables.emplace();
+                raw.tables_source = source;
+            }
+            const std::size_t n = is_tables ? value.size() : 1;
+            for (std::size_t i = 0; i < n; ++i) {
+                const auto& entry = is_tables ? value[i] : value;
+                const std::string where = is_tables ? source + "[" + std::to_string(i) + "]" : source;
+                if (!entry.is_object()) return config_error(key, where, "must be an object of route options");
+                std::map<std::string, raw_value> opts;
+                for (const auto& [k, v] : entry.items()) {
+                    const std::string src = where + "." + k;
+                    if (find_route_option(k) == nullptr || (!is_tables && k == "table"))
+                        return config_error(key, src,
+                                            "unknown " + std::string(is_tables ? "table" : "messages") + " option \"" +
+                                                k + "\" (route options only: topic, route-by, *-column, placement, ...)");
+                    std::string text;
+                    if (k == "placement" && v.is_array()) {
+                        // ["a:header", "b:envelope:x"] reads better in a file than one string.
+                        for (const auto& item : v) {
+                            if (!item.is_string()) return config_error(key, src, "placement items must be strings");
+                            if (!text.empty()) text += ',';
+                            text += item.get<std::string>();
+                        }
+                    } else if (!json_scalar_text(v, &text)) {
+                        return config_error(key, src, "must be a string, integer or boolean");
+                    }
+                    opts[k] = {std::move(text), src};
+                }
+                if (is_tables)
+                    raw.tables->push_back(std::move(opts));
+                else
+                    raw.messages = std::move(opts);
             }
             continue;
         }
@@ -279,6 +336,152 @@ std::string millis(const std::string& s, std::chrono::milliseconds& out) {
 
 std::string ms_text(std::chrono::milliseconds v) { return std::to_string(v.count()); }
 
+// ---------------------------------------------------------------------------
+// Route options: how the rows of one outbox table (or the outbox messages)
+// become records. Given at the top level they configure the one table, or
+// are the defaults of every entry of "tables" and of "messages" in the file.
+// ---------------------------------------------------------------------------
+struct route_option {
+    std::string_view name;
+    std::string_view help;
+    std::string (*apply)(routing_config&, const std::string& value);
+    std::string (*show)(const routing_config&);
+};
+
+std::string column_or_empty(const std::string& s, std::string& out) {
+    if (s.empty()) {
+        out.clear();
+        return {};
+    }
+    return identifier(s, out);
+}
+
+const route_option route_options[] = {
+    {"table", "outbox table as schema.table or table",
+     [](routing_config& r, const std::string& s) -> std::string {
+         const auto dot = s.find('.');
+         std::string schema = dot == std::string::npos ? std::string("public") : s.substr(0, dot);
+         std::string table = dot == std::string::npos ? s : s.substr(dot + 1);
+         if (!valid_identifier(schema) || !valid_identifier(table))
+             return "must be schema.table or table (identifiers), got \"" + s + "\"";
+         r.schema = std::move(schema);
+         r.table = std::move(table);
+         return {};
+     },
+     [](const routing_config& r) { return r.schema + "." + r.table; }},
+    {"topic", "topic template: literal text, {column} placeholders, ${routedByValue} (= the route-by column)",
+     [](routing_config& r, const std::string& s) -> std::string {
+         r.topic_template = s;  // checked by the mapper once every option is in
+         return {};
+     },
+     [](const routing_config& r) { return r.topic_template; }},
+    {"route-by", "column that ${routedByValue} in the topic template stands for (Debezium route.by.field)",
+     [](routing_config& r, const std::string& s) { return identifier(s, r.route_by); },
+     [](const routing_config& r) { return r.route_by; }},
+    {"id-column", "column holding the event id (header id, ce_id)",
+     [](routing_config& r, const std::string& s) { return identifier(s, r.columns.id); },
+     [](const routing_config& r) { return r.columns.id; }},
+    {"key-column", "column used as the Kafka key; NULL = null key (Debezium table.field.event.key)",
+     [](routing_config& r, const std::string& s) { return identifier(s, r.columns.key); },
+     [](const routing_config& r) { return r.columns.key; }},
+    {"type-column", "column holding the event type (ce_type; a header through the default placement)",
+     [](routing_config& r, const std::string& s) {
+         // The default placement (header "type") follows the type column.
+         const bool default_header = r.placements == std::vector<placement>{{r.columns.type, placement_kind::header, "type"}};
+         std::string why = identifier(s, r.columns.type);
+         if (why.empty() && default_header) r.placements = {{r.columns.type, placement_kind::header, "type"}};
+         return why;
+     },
+     [](const routing_config& r) { return r.columns.type; }},
+    {"payload-column", "column used as the Kafka value (Debezium table.field.event.payload)",
+     [](routing_config& r, const std::string& s) { return identifier(s, r.columns.payload); },
+     [](const routing_config& r) { return r.columns.payload; }},
+    {"timestamp-column",
+     "column with the record timestamp (timestamp, timestamptz or epoch ms); empty = the commit time",
+     [](routing_config& r, const std::string& s) { return column_or_empty(s, r.columns.timestamp); },
+     [](const routing_config& r) { return r.columns.timestamp; }},
+    {"traceparent-column", "column with a W3C traceparent, used when the table has it; empty = none",
+     [](routing_config& r, const std::string& s) { return column_or_empty(s, r.columns.traceparent); },
+     [](const routing_config& r) { return r.columns.traceparent; }},
+    {"tracestate-column", "column with the W3C tracestate, used when the table has it; empty = none",
+     [](routing_config& r, const std::string& s) { return column_or_empty(s, r.columns.tracestate); },
+     [](const routing_config& r) { return r.columns.tracestate; }},
+    {"placement",
+     "additional columns: col:header[:alias],col:envelope[:alias],col:partition (Debezium "
+     "table.fields.additional.placement); replaces the default",
+     [](routing_config& r, const std::string& s) -> std::string {
+         auto p = parse_placements(s);
+         if (!p) return "\"" + p.error().field + "\": " + p.error().message;
+         r.placements = std::move(*p);
+         return {};
+     },
+     [](const routing_config& r) { return placements_text(r.placements); }},
+    {"additional-missing", "a placement column the table lacks: error | ignore (Debezium table.field.additional.missing)",
+     [](routing_config& r, const std::string& s) -> std::string {
+         if (s == "error")
+             r.additional_missing = missing_policy::error;
+         else if (s == "ignore")
+             r.additional_missing = missing_policy::ignore;
+         else
+             return "must be error or ignore, got \"" + s + "\"";
+         return {};
+     },
+     [](const routing_config& r) -> std::string {
+         return r.additional_missing == missing_policy::error ? "error" : "ignore";
+     }},
+    {"tombstone-on-empty-payload", "a NULL, empty or blank payload becomes a tombstone: true | false",
+     [](routing_config& r, const std::string& s) -> std::string {
+         if (s != "true" && s != "false") return "must be true or false, got \"" + s + "\"";
+         r.tombstone_on_empty_payload = s == "true";
+         return {};
+     },
+     [](const routing_config& r) -> std::string { return r.tombstone_on_empty_payload ? "true" : "false"; }},
+    {"envelope", "the record value: raw | json | cloudevents",
+     [](routing_config& r, const std::string& s) -> std::string {
+         for (envelope_kind e : {envelope_kind::raw, envelope_kind::json, envelope_kind::cloudevents})
+             if (s == envelope_name(e)) {
+                 r.envelope = e;
+                 return {};
+             }
+         return "must be raw, json or cloudevents, got \"" + s + "\"";
+     },
+     [](const routing_config& r) { return std::string(envelope_name(r.envelope)); }},
+    {"ce-source", "CloudEvents source attribute; empty = /<database>/<schema>.<table>",
+     [](routing_config& r, const std::string& s) -> std::string {
+         r.ce_source = s;
+         return {};
+     },
+     [](const routing_config& r) { return r.ce_source; }},
+    {"ce-content-type", "CloudEvents content-type; empty = from the payload column's type",
+     [](routing_config& r, const std::string& s) -> std::string {
+         r.ce_content_type = s;
+         return {};
+     },
+     [](const routing_config& r) { return r.ce_content_type; }},
+};
+constexpr std::size_t route_option_count = sizeof(route_options) / sizeof(route_options[0]);
+
+const route_option* find_route_option(std::string_view name) {
+    for (const route_option& o : route_options)
+        if (o.name == name) return &o;
+    return nullptr;
+}
+
+// The top-level spelling of route option I: it configures cfg.routing.
+template <std::size_t I>
+std::string route_apply(relay_config& c, const std::string& s) {
+    return route_options[I].apply(c.routing, s);
+}
+template <std::size_t I>
+std::string route_show(const relay_config& c) {
+    return route_options[I].show(c.routing);
+}
+template <std::size_t... I>
+std::vector<option_spec> route_specs(std::index_sequence<I...>) {
+    return {option_spec{route_options[I].name, route_options[I].help, false, false, &route_apply<I>,
+                        &route_show<I>}...};
+}
+
 // The table. Each entry's `apply` validates; `show` prints relay_config's
 // value back in the syntax `apply` accepts (the defaults for --help, and the
 // effective configuration).
@@ -310,39 +513,6 @@ const option_spec option_table[] = {
     {"publication", "publication of the outbox table", false, false,
      [](relay_config& c, const std::string& s) { return identifier(s, c.publication); },
      [](const relay_config& c) { return c.publication; }},
-    {"table", "outbox table as schema.table or table", false, false,
-     [](relay_config& c, const std::string& s) -> std::string {
-         const auto dot = s.find('.');
-         std::string schema = dot == std::string::npos ? std::string("public") : s.substr(0, dot);
-         std::string table = dot == std::string::npos ? s : s.substr(dot + 1);
-         if (!valid_identifier(schema) || !valid_identifier(table))
-             return "must be schema.table or table (identifiers), got \"" + s + "\"";
-         c.routing.schema = std::move(schema);
-         c.routing.table = std::move(table);
-         return {};
-     },
-     [](const relay_config& c) { return c.routing.schema + "." + c.routing.table; }},
-    {"topic", "topic template with {column} placeholders", false, false,
-     [](relay_config& c, const std::string& s) -> std::string {
-         c.routing.topic_template = s;  // checked by the mapper once every option is in
-         return {};
-     },
-     [](const relay_config& c) { return c.routing.topic_template; }},
-    {"id-column", "column holding the event id (header id)", false, false,
-     [](relay_config& c, const std::string& s) { return identifier(s, c.routing.columns.id); },
-     [](const relay_config& c) { return c.routing.columns.id; }},
-    {"aggregatetype-column", "column holding the aggregate type", false, false,
-     [](relay_config& c, const std::string& s) { return identifier(s, c.routing.columns.aggregatetype); },
-     [](const relay_config& c) { return c.routing.columns.aggregatetype; }},
-    {"aggregateid-column", "column used as the Kafka key", false, false,
-     [](relay_config& c, const std::string& s) { return identifier(s, c.routing.columns.aggregateid); },
-     [](const relay_config& c) { return c.routing.columns.aggregateid; }},
-    {"type-column", "column holding the event type (header type)", false, false,
-     [](relay_config& c, const std::string& s) { return identifier(s, c.routing.columns.type); },
-     [](const relay_config& c) { return c.routing.columns.type; }},
-    {"payload-column", "column used as the Kafka value", false, false,
-     [](relay_config& c, const std::string& s) { return identifier(s, c.routing.columns.payload); },
-     [](const relay_config& c) { return c.routing.columns.payload; }},
     {"delivery", "exactly-once | at-least-once", false, false,
      [](relay_config& c, const std::string& s) -> std::string {
          if (s == "exactly-once")
@@ -479,11 +649,35 @@ const option_spec option_table[] = {
          return why;
      },
      [](const relay_config& c) { return std::to_string(c.cleanup_batch); }},
+    {"message-prefix",
+     "prefix of pg_logical_emit_message outbox messages relayed as events; empty = messages off", false, false,
+     [](relay_config& c, const std::string& s) -> std::string {
+         if (s.size() > 200) return "must be at most 200 bytes";
+         c.message_prefix = s;
+         return {};
+     },
+     [](const relay_config& c) { return c.message_prefix; }},
 };
 
 }  // namespace
 
-std::span<const option_spec> options() noexcept { return option_table; }
+std::span<const option_spec> options() noexcept {
+    // The route options go after "publication", as one block.
+    static const std::vector<option_spec> all = [] {
+        std::vector<option_spec> v;
+        for (const option_spec& o : option_table) {
+            v.push_back(o);
+            if (o.name == "publication")
+                for (const option_spec& r : route_specs(std::make_index_sequence<route_option_count>{})) v.push_back(r);
+        }
+        return v;
+    }();
+    return all;
+}
+
+std::vector<routing_config> table_routes(const relay_config& cfg) {
+    return cfg.tables.empty() ? std::vector<routing_config>{cfg.routing} : cfg.tables;
+}
 
 std::string env_name_of(std::string_view option) {
     std::string s(env_prefix);
@@ -530,13 +724,62 @@ result<relay_config> build_config(std::string_view file_json, std::string_view f
         cfg.kafka[prop] = value.value;
     }
 
-    // The template is checked with the mapper itself so config and runtime
-    // can never disagree about what is valid.
-    if (!outbox_mapper::create(cfg.routing)) {
-        auto it = raw.options.find("topic");
-        return config_error("topic", it == raw.options.end() ? std::string() : it->second.source,
-                            "invalid topic template \"" + cfg.routing.topic_template +
-                                "\": use literal [A-Za-z0-9._-] text and {column} placeholders");
+    // Every route is checked with the mapper itself so config and runtime
+    // can never disagree about what is valid. `opts` are the options that
+    // route got beyond the top level (they name the source of an error).
+    auto check_route = [&](const routing_config& r, const std::map<std::string, raw_value>& opts,
+                           const std::string& what) -> result<void> {
+        auto m = outbox_mapper::create(r);
+        if (m) return {};
+        const bool topic = m.error().code == errc::bad_topic_template;
+        const std::string key = topic ? "topic" : "placement";
+        std::string src;
+        if (auto it = opts.find(key); it != opts.end())
+            src = it->second.source;
+        else if (auto top = raw.options.find(key); top != raw.options.end())
+            src = top->second.source;
+        if (topic)
+            return config_error(key, src, "invalid topic template \"" + r.topic_template + "\" (" + what +
+                                              "): use literal [A-Za-z0-9._-] text, {column} placeholders and "
+                                              "${routedByValue}");
+        return config_error(key, src, "placement \"" + m.error().field + "\" (" + what + "): " + m.error().message);
+    };
+    auto overlay = [](routing_config r, const std::map<std::string, raw_value>& opts) -> result<routing_config> {
+        for (const auto& [k, v] : opts)
+            if (std::string why = find_route_option(k)->apply(r, v.value); !why.empty())
+                return config_error(k, v.source, std::move(why));
+        return r;
+    };
+    if (raw.tables) {
+        if (auto it = raw.options.find("table"); it != raw.options.end())
+            return config_error("table", it->second.source,
+                                "\"table\" and \"tables\" are both set: with \"tables\", name each table in its entry");
+        std::set<std::string> seen;
+        for (std::size_t i = 0; i < raw.tables->size(); ++i) {
+            const auto& opts = (*raw.tables)[i];
+            const std::string where = raw.tables_source + "[" + std::to_string(i) + "]";
+            if (!opts.count("table"))
+                return config_error("tables", where, "each entry names its \"table\"");
+            auto r = overlay(cfg.routing, opts);
+            if (!r) return r.error();
+            const std::string name = r->schema + "." + r->table;
+            if (!seen.insert(name).second)
+                return config_error("tables", where, "table " + name + " appears twice");
+            if (auto ok = check_route(*r, opts, name); !ok) return ok.error();
+            cfg.tables.push_back(std::move(*r));
+        }
+    } else {
+        if (auto ok = check_route(cfg.routing, {}, cfg.routing.schema + "." + cfg.routing.table); !ok)
+            return ok.error();
+        cfg.tables.push_back(cfg.routing);
+    }
+    {
+        auto r = overlay(cfg.routing, raw.messages);
+        if (!r) return r.error();
+        cfg.messages = std::move(*r);
+        cfg.messages.relid = 0;
+        if (!cfg.message_prefix.empty())
+            if (auto ok = check_route(cfg.messages, raw.messages, "messages"); !ok) return ok.error();
     }
     return cfg;
 }

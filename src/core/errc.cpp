@@ -24,6 +24,8 @@ std::string_view errc_message(errc e) noexcept {
         case errc::unchanged_toast_column: return "mapped column sent as unchanged TOAST";
         case errc::bad_topic_template: return "invalid topic template";
         case errc::invalid_topic: return "invalid Kafka topic name";
+        case errc::bad_placement: return "invalid additional-field placement";
+        case errc::bad_message: return "outbox message is not a JSON object with the outbox fields";
         case errc::lsn_went_backwards: return "LSN went backwards";
     }
     return "unknown outbox error";

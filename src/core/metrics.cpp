@@ -345,7 +345,13 @@ relay_metrics::relay_metrics()
       cleanup_mark_lag(registry.add_gauge(
           "outbox_relay_cleanup_mark_lag_seconds",
           "Age of the oldest cleanup mark kept: the usable one when there is one. About cleanup-after plus a tick "
-          "when all is well; grows while confirmed stands still.")) {}
+          "when all is well; grows while confirmed stands still.")),
+      outbox_messages(registry.add_counter(
+          "outbox_relay_outbox_messages_total",
+          "pg_logical_emit_message messages with the outbox prefix (relayed or dead-lettered).")),
+      trace_context_dropped(registry.add_counter(
+          "outbox_relay_trace_context_dropped_total",
+          "Records sent without their traceparent (and tracestate) because it was not a valid W3C traceparent.")) {}
 
 counter& relay_metrics::dead_letter(std::string_view reason) {
     return registry.add_counter("outbox_relay_dead_letters_total",

@@ -20,10 +20,12 @@ owned_record::owned_record(const record& r) {
     rec_.key_null = r.key_null;
     rec_.value = copy(r.value);
     rec_.value_null = r.value_null;
+    rec_.partition = r.partition;
+    rec_.timestamp_ms = r.timestamp_ms;
     headers_.reserve(r.headers.size());
     for (const header& h : r.headers) {
         std::string_view name = copy(h.name);
-        headers_.push_back({name, copy(h.value)});
+        headers_.push_back({name, copy(h.value), h.value_null});
     }
     rec_.headers = std::span<const header>(headers_.data(), headers_.size());
 }

@@ -44,12 +44,16 @@ std::string quoted(std::string_view s) {
     return out;
 }
 
+// Postgres counts time from 2000-01-01 00:00 UTC.
+constexpr std::int64_t pg_epoch_offset_us = 946'684'800'000'000;
+
 std::string_view refusal_reason(refusal r) noexcept {
     switch (r) {
         case refusal::too_large: return "record_too_large";
         case refusal::topic_authorization: return "topic_authorization";
         case refusal::unknown_topic: return "unknown_topic";
         case refusal::invalid_topic: return "invalid_topic";
+        case refusal::unknown_partition: return "unknown_partition";
         case refusal::other: return "rejected";
     }
     return "rejected";
@@ -68,6 +72,9 @@ std::string_view refusal_fix(refusal r) noexcept {
                    "sends it again.";
         case refusal::invalid_topic:
             return "Fix the routing column or the topic template, or set --dead-letter-topic.";
+        case refusal::unknown_partition:
+            return "Fix the partition column of the row (or add partitions to the topic), or set "
+                   "--dead-letter-topic; a restart sends it again.";
         case refusal::other:
             return "See the broker's reason above, or set --dead-letter-topic; a restart sends it again.";
     }
@@ -115,8 +122,12 @@ std::string_view phase_name(session_phase p) noexcept {
 
 relay_session::relay_session(const relay_config& cfg)
     : cfg_(cfg),
-      mapper_(outbox_mapper::create(cfg_.routing).value()),
       decoder_(pgoutput::decoder_options{1, false}) {
+    for (const routing_config& r : table_routes(cfg_)) mappers_.push_back(outbox_mapper::create(r).value());
+    if (!cfg_.message_prefix.empty()) {
+        message_mapper_.emplace(outbox_mapper::create(cfg_.messages).value());
+        message_mapper_->set_label("message:" + cfg_.message_prefix);
+    }
     cmds_.reserve(64);
     if (cfg_.delivery == delivery_mode::exactly_once && cfg_.kafka_transactions) txn_ = txn_state::uninitialized;
     if (auto it = cfg_.kafka.find("batch.size"); it != cfg_.kafka.end()) {
@@ -160,6 +171,8 @@ void relay_session::on_stream_started(lsn slot_confirmed, const source_id& sourc
     source_ = source;
     source_.slot = cfg_.slot;
     source_text_ = source_.header_value();
+    for (outbox_mapper& m : mappers_) m.set_database(source_.database);
+    if (message_mapper_) message_mapper_->set_database(source_.database);
     // The server starts at max(requested, confirmed_flush): that is S, the
     // start of the window it replays.
     const lsn start = std::max(slot_confirmed, requested_from_);
@@ -643,6 +656,7 @@ void relay_session::on_message(const pgoutput::begin& b, const walsender::xlog_d
     tracker_.begin_txn(b.final_lsn, b.commit_ts);
     in_txn_ = true;
     txn_final_lsn_ = b.final_lsn;
+    txn_commit_time_us_ = b.commit_ts + pg_epoch_offset_us;
     seq_ = 0;
 }
 
@@ -660,11 +674,15 @@ void relay_session::on_message(const pgoutput::commit& c, const walsender::xlog_
 
 void relay_session::on_message(const pgoutput::relation& r, const walsender::xlog_data& x) {
     const cached_relation& rel = relations_.apply(r);
-    if (!mapper_.is_outbox(rel)) return;
+    int route = -1;
+    for (std::size_t i = 0; i < mappers_.size() && route < 0; ++i)
+        if (mappers_[i].is_outbox(rel)) route = static_cast<int>(i);
+    route_of_[rel.relid] = route;
+    if (route < 0) return;
     // With a dead-letter topic each row that cannot be mapped becomes a dead
     // letter (reason unmapped_column) instead.
     if (!cfg_.dead_letter_topic.empty()) return;
-    if (auto ok = mapper_.check_relation(rel); !ok)
+    if (auto ok = mappers_[static_cast<std::size_t>(route)].check_relation(rel); !ok)
         fail(exit_code::outbox_schema, "outbox relation " + rel.nspname + "." + rel.relname +
                                            " lacks mapped column \"" + ok.error().field +
                                            "\" at lsn=" + lsn_text(x.data_start),
@@ -679,7 +697,8 @@ void relay_session::on_message(const pgoutput::insert& ins, const walsender::xlo
              now_);
         return;
     }
-    if (!mapper_.is_outbox(**rel)) {
+    const auto route = route_of_.find(ins.relid);
+    if (route == route_of_.end() || route->second < 0) {
         metrics_.ignored_other_table.inc();
         return;
     }
@@ -687,12 +706,19 @@ void relay_session::on_message(const pgoutput::insert& ins, const walsender::xlo
         fail(exit_code::protocol, "Insert outside a transaction at lsn=" + lsn_text(x.data_start), now_);
         return;
     }
-    auto rec = mapper_.map(**rel, ins.new_tuple, scratch_);
+    map_row(mappers_[static_cast<std::size_t>(route->second)], **rel, ins.new_tuple, {}, "outbox row", x);
+}
+
+void relay_session::map_row(const outbox_mapper& m, const cached_relation& rel, const pgoutput::tuple_data& row,
+                            std::span<const header> extra, std::string_view what, const walsender::xlog_data& x) {
+    const row_context ctx{txn_commit_time_us_, extra};
+    auto rec = m.map(rel, row, ctx, scratch_);
     if (!rec) {
-        refuse_row(rec.error().code, rec.error().field, **rel, ins.new_tuple, x);
+        refuse_row(m, rec.error(), rel, row, ctx, what, x);
         return;
     }
-    route(*rec, record_position{txn_final_lsn_, seq_++});
+    if (scratch_.trace_dropped) metrics_.trace_context_dropped.inc();
+    route(*rec, record_position{txn_final_lsn_, seq_++}, m);
 }
 
 namespace {
@@ -711,34 +737,108 @@ std::string_view mapping_reason(errc code) noexcept {
 
 // A row the mapper refused: a dead letter when there is a dead-letter topic,
 // else a stop that names the row, the reason and the fix.
-void relay_session::refuse_row(errc code, const std::string& field, const cached_relation& rel,
-                               const pgoutput::tuple_data& row, const walsender::xlog_data& x) {
+void relay_session::refuse_row(const outbox_mapper& m, const error& e, const cached_relation& rel,
+                               const pgoutput::tuple_data& row, const row_context& ctx, std::string_view what,
+                               const walsender::xlog_data& x) {
     const record_position pos{txn_final_lsn_, seq_++};
+    const bool message = &m == (message_mapper_ ? &*message_mapper_ : nullptr);
+    const errc code = e.code;
     const std::string intended = code == errc::invalid_topic ? scratch_.topic : std::string();
-    const std::string detail =
+    std::string detail =
         code == errc::invalid_topic ? "the row routes to \"" + intended + "\", not a valid Kafka topic name (template " +
-                                          field + ")"
+                                          e.field + ")"
         : code == errc::column_count_mismatch ? std::string("the row does not match its relation's columns")
-                                               : "column \"" + field + "\": " + std::string(errc_message(code));
-    const record salvaged = mapper_.salvage(rel, row, scratch_);
+        : message && code == errc::missing_column ? "the message has no field \"" + e.field + "\""
+        : code == errc::bad_message               ? e.message
+                                                  : (message ? "field \"" : "column \"") + e.field + "\": " +
+                                          (e.message.empty() ? std::string(errc_message(code)) : e.message);
+    const std::string_view reason = message && (code == errc::missing_column || code == errc::bad_message)
+                                        ? std::string_view("bad_message")
+                                        : mapping_reason(code);
+    const record salvaged = m.salvage(rel, row, ctx, scratch_);
     if (!cfg_.dead_letter_topic.empty()) {
-        dead_letter(salvaged, pos, mapping_reason(code), detail, intended, std::nullopt);
+        dead_letter(salvaged, pos, reason, detail, intended, std::nullopt, false, m.label());
         return;
     }
     std::string id = "?";
     for (const header& h : salvaged.headers)
         if (h.name == header_id) id = std::string(h.value);
-    const std::string what = "outbox row at lsn=" + lsn_text(x.data_start) + " event_id=" + id + " cannot be sent (" +
-                             std::string(mapping_reason(code)) + "): " + detail +
-                             "; nothing at or after it is confirmed. Fix the row's writer or the routing "
-                             "configuration, or set --dead-letter-topic to set such rows aside";
-    fail(code == errc::invalid_topic ? exit_code::record_rejected : exit_code::outbox_schema, what, now_);
+    const std::string text = std::string(what) + " at lsn=" + lsn_text(x.data_start) + " (" + m.label() +
+                             ") event_id=" + id + " cannot be sent (" + std::string(reason) + "): " + detail +
+                             "; nothing at or after it is confirmed. Fix the " +
+                             (message ? "message's writer" : "row's writer") +
+                             " or the routing configuration, or set --dead-letter-topic to set such " +
+                             (message ? "messages" : "rows") + " aside";
+    fail(code == errc::invalid_topic ? exit_code::record_rejected : exit_code::outbox_schema, text, now_);
+}
+
+// pg_logical_emit_message: an outbox message when its prefix is ours. A
+// transactional one is part of its transaction (position and order as a
+// row's); a non-transactional one is decoded the moment the server reads it,
+// outside any transaction, and is relayed as a transaction of its own: its
+// position is (message lsn - 1, 0), just inside its own WAL record, which no
+// transaction's commit record can share; it is confirmed at its lsn (the
+// end of its record), past which the server never sends it again.
+void relay_session::relay_message(const pgoutput::message& msg, const walsender::xlog_data& x) {
+    if (!message_mapper_ || msg.prefix != cfg_.message_prefix) {
+        metrics_.ignored_message.inc();
+        return;
+    }
+    metrics_.outbox_messages.inc();
+    const bool own_txn = !msg.transactional();
+    if (own_txn == in_txn_) {
+        fail(exit_code::protocol, std::string(own_txn ? "non-transactional message inside a transaction"
+                                                      : "transactional message outside a transaction") +
+                                      " at lsn=" + lsn_text(msg.message_lsn),
+             now_);
+        return;
+    }
+    if (own_txn) {
+        if (msg.message_lsn.value() == 0) {
+            fail(exit_code::protocol, "non-transactional message without an lsn", now_);
+            return;
+        }
+        // The server's clock when it sent the message: there is no commit.
+        const std::int64_t sent_us = x.send_time + pg_epoch_offset_us;
+        on_message(pgoutput::begin{lsn(msg.message_lsn.value() - 1), x.send_time, 0}, x);
+        txn_commit_time_us_ = sent_us;
+    }
+    const cached_relation* rel = &message_.rel;
+    if (auto ok = parse_outbox_message(msg.content, message_); !ok) {
+        // Not even fields: a relation of none, so the salvage keeps nothing
+        // but the bytes as the value.
+        message_.rel.columns.clear();
+        message_.columns.clear();
+        message_.headers.clear();
+        const record_position pos{txn_final_lsn_, seq_++};
+        record raw;
+        raw.key_null = true;
+        raw.value = msg.content;
+        raw.timestamp_ms = txn_commit_time_us_ / 1000;
+        const std::string detail = ok.error().message;
+        if (!cfg_.dead_letter_topic.empty()) {
+            dead_letter(raw, pos, "bad_message", detail, {}, std::nullopt, false, message_mapper_->label());
+        } else {
+            fail(exit_code::outbox_schema,
+                 "outbox message at lsn=" + lsn_text(msg.message_lsn) + " (" + message_mapper_->label() +
+                     ") cannot be sent (bad_message): " + detail +
+                     "; nothing at or after it is confirmed. Fix the message's writer, or set --dead-letter-topic "
+                     "to set such messages aside",
+                 now_);
+            return;
+        }
+    } else {
+        map_row(*message_mapper_, *rel, message_.row(), message_.headers, "outbox message", x);
+    }
+    // A stop above must not confirm past the message it refused.
+    if (own_txn && exit_ == exit_code::ok)
+        on_message(pgoutput::commit{0, lsn(msg.message_lsn.value() - 1), msg.message_lsn, x.send_time}, x);
 }
 
 void relay_session::on_message(const pgoutput::update&, const walsender::xlog_data&) { metrics_.ignored_update.inc(); }
 void relay_session::on_message(const pgoutput::delete_&, const walsender::xlog_data&) { metrics_.ignored_delete.inc(); }
 void relay_session::on_message(const pgoutput::truncate&, const walsender::xlog_data&) { metrics_.ignored_truncate.inc(); }
-void relay_session::on_message(const pgoutput::message&, const walsender::xlog_data&) { metrics_.ignored_message.inc(); }
+void relay_session::on_message(const pgoutput::message& m, const walsender::xlog_data& x) { relay_message(m, x); }
 void relay_session::on_message(const pgoutput::origin&, const walsender::xlog_data&) {}
 void relay_session::on_message(const pgoutput::type&, const walsender::xlog_data&) {}
 
@@ -751,7 +851,19 @@ void relay_session::on_message(const M&, const walsender::xlog_data& x) {
 
 // ---------------------------------------------------------------- records
 
-void relay_session::route(const record& mapped, record_position pos) {
+void relay_session::route(const record& mapped, record_position pos, const outbox_mapper& m) {
+    // Which routes write to which topic, for the table header of a dead
+    // letter made from a delivery report (which knows only the topic).
+    if (mappers_.size() + (message_mapper_ ? 1 : 0) > 1 &&
+        (&m != last_label_mapper_ || mapped.topic != last_label_topic_)) {
+        last_label_mapper_ = &m;
+        last_label_topic_.assign(mapped.topic);
+        std::string& tables = topic_tables_[last_label_topic_];
+        if (tables.empty())
+            tables = m.label();
+        else if (("," + tables + ",").find("," + m.label() + ",") == std::string::npos)
+            tables += "," + m.label();
+    }
     // The position headers, next to the mapped ones, in storage that lives
     // until the next event (the produce command views it).
     pos_text_ = position_text(pos);
@@ -823,11 +935,18 @@ void relay_session::send(const record& rec, record_position pos, std::optional<c
 // like any record.
 void relay_session::dead_letter(const record& orig, record_position pos, std::string_view reason, std::string detail,
                                 std::string_view intended_topic, std::optional<checkpoint_tracker::txn_id> existing,
-                                bool without_value) {
+                                bool without_value, std::string_view table) {
     metrics_.dead_letter(reason).inc();
     dlq_.detail = std::move(detail);
     dlq_.topic.assign(intended_topic);
-    dlq_.table = mapper_.config().schema + "." + mapper_.config().table;
+    if (!table.empty()) {
+        dlq_.table.assign(table);
+    } else if (mappers_.size() == 1 && !message_mapper_) {
+        dlq_.table = mappers_.front().label();
+    } else {
+        auto it = topic_tables_.find(dlq_.topic);
+        dlq_.table = it != topic_tables_.end() ? it->second : std::string();
+    }
     dlq_.pos = position_text(pos);
     dlq_.headers.clear();
     for (const header& h : orig.headers)
@@ -840,6 +959,7 @@ void relay_session::dead_letter(const record& orig, record_position pos, std::st
     dlq_.headers.push_back({header_dlq_table, dlq_.table});
     record rec = orig;
     rec.topic = cfg_.dead_letter_topic;
+    rec.partition = any_partition;  // the partition was chosen for the intended topic
     if (without_value) {
         dlq_.value_bytes = std::to_string(orig.value.size());
         dlq_.headers.push_back({header_dlq_value_bytes, dlq_.value_bytes});
@@ -1069,8 +1189,12 @@ void relay_session::maybe_probe_gap() {
     if (!slot_created_ || slot_gap_checked_ || gap_probe_sent_) return;
     if (txn_ == txn_state::uninitialized || txn_ == txn_state::initializing) return;
     gap_probe_sent_ = true;
-    auto [prefix, suffix] = mapper_.topic_affixes();
-    cmds_.emplace_back(cmd::probe_gap{std::move(prefix), std::move(suffix), source_});
+    std::vector<std::pair<std::string, std::string>> affixes;
+    for (const outbox_mapper& m : mappers_) affixes.push_back(m.topic_affixes());
+    if (message_mapper_) affixes.push_back(message_mapper_->topic_affixes());
+    std::sort(affixes.begin(), affixes.end());
+    affixes.erase(std::unique(affixes.begin(), affixes.end()), affixes.end());
+    cmds_.emplace_back(cmd::probe_gap{std::move(affixes), source_});
 }
 
 void relay_session::on_gap_probe(bool failed, bool found, lsn newest, std::string_view topic, std::string_view message,

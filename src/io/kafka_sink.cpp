@@ -91,8 +91,11 @@ outbox::refusal refusal_of(rd_kafka_resp_err_t err) noexcept {
         return outbox::refusal::topic_authorization;
     case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
     case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
-    case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
         return outbox::refusal::unknown_topic;
+    // Only an explicit partition (a partition placement) can be unknown:
+    // the partitioner picks among those that exist.
+    case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+        return outbox::refusal::unknown_partition;
     case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
     case RD_KAFKA_RESP_ERR__INVALID_ARG:
         return outbox::refusal::invalid_topic;
@@ -325,7 +328,8 @@ struct kafka_sink::impl {
                 std::size_t size = 0;
                 for (std::size_t i = 0;
                      rd_kafka_header_get_all(all, i, &name, &val, &size) == RD_KAFKA_RESP_ERR_NO_ERROR; ++i)
-                    failed_headers.push_back({name, std::string_view(val ? static_cast<const char*>(val) : "", size)});
+                    failed_headers.push_back(
+                        {name, std::string_view(val ? static_cast<const char*>(val) : "", size), val == nullptr});
             }
             r.rec.key_null = m->key == nullptr;
             r.rec.key = m->key ? std::string_view(static_cast<const char*>(m->key), m->key_len) : std::string_view();
@@ -333,6 +337,11 @@ struct kafka_sink::impl {
             r.rec.value =
                 m->payload ? std::string_view(static_cast<const char*>(m->payload), m->len) : std::string_view();
             r.rec.headers = std::span<const outbox::header>(failed_headers.data(), failed_headers.size());
+            // A dead letter keeps the event's time, not the partition (that
+            // belonged to the topic it was meant for).
+            rd_kafka_timestamp_type_t tstype = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+            const std::int64_t ts = rd_kafka_message_timestamp(m, &tstype);
+            r.rec.timestamp_ms = tstype == RD_KAFKA_TIMESTAMP_CREATE_TIME && ts > 0 ? ts : 0;
             // The failure path (dead-letter routing, the exit message) names the event.
             rd_kafka_headers_t* hdrs = nullptr;
             const void* id = nullptr;
@@ -488,6 +497,12 @@ kafka_sink::kafka_sink(boost::asio::io_context& ioc, const sink_config& cfg, rep
     // Defaults the user may override.
     set_prop(conf.get(), "linger.ms", "5");
     set_prop(conf.get(), "compression.type", "lz4");
+    // The Java producer's partitioner (murmur2 of the key bytes, positive,
+    // modulo the partition count; a null key: random): a key lands on the
+    // partition Debezium or any Java producer put it on, so per-key order
+    // holds across a switch. librdkafka's own default (consistent_random,
+    // CRC32) would move keys.
+    set_prop(conf.get(), "partitioner", "murmur2_random");
     if (!cfg.brokers.empty()) set_prop(conf.get(), "bootstrap.servers", cfg.brokers);
     set_prop(conf.get(), "client.id", cfg.client_id);
     for (const auto& [name, value] : cfg.properties) {
@@ -609,8 +624,10 @@ void kafka_sink::produce(const outbox::record& rec, std::uint64_t tag) {
     if (!rec.headers.empty()) {
         hdrs = rd_kafka_headers_new(rec.headers.size());
         for (const auto& h : rec.headers)
-            rd_kafka_header_add(hdrs, h.name.data(), static_cast<ssize_t>(h.name.size()), h.value.data(),
-                                static_cast<ssize_t>(h.value.size()));
+            // A null value pointer is a null header value to librdkafka.
+            rd_kafka_header_add(hdrs, h.name.data(), static_cast<ssize_t>(h.name.size()),
+                                h.value_null ? nullptr : (h.value.data() ? h.value.data() : ""),
+                                h.value_null ? 0 : static_cast<ssize_t>(h.value.size()));
     }
     // A null pointer means a null key/value to librdkafka; an empty but present
     // one needs a non-null pointer (a default string_view has none).
@@ -620,6 +637,7 @@ void kafka_sink::produce(const outbox::record& rec, std::uint64_t tag) {
     rd_kafka_resp_err_t err = rd_kafka_producev(
         d.rk, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_KEY(key, rec.key_null ? 0 : rec.key.size()),
         RD_KAFKA_V_VALUE(value, rec.value_null ? 0 : rec.value.size()), RD_KAFKA_V_HEADERS(hdrs),
+        RD_KAFKA_V_PARTITION(rec.partition), RD_KAFKA_V_TIMESTAMP(rec.timestamp_ms),
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
         RD_KAFKA_V_OPAQUE(reinterpret_cast<void*>(static_cast<std::uintptr_t>(tag))), RD_KAFKA_V_END);
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {

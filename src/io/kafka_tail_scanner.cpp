@@ -492,11 +492,10 @@ tail_scan_pool::~tail_scan_pool() {
     for (auto& t : workers_) t.join();
 }
 
-void tail_scan_pool::submit_probe(std::string prefix, std::string suffix, outbox::source_id source,
-                                  probe_done_fn done) {
+void tail_scan_pool::submit_probe(topic_affixes affixes, outbox::source_id source, probe_done_fn done) {
     {
         std::lock_guard<std::mutex> lock(mu_);
-        queue_.push_back(job{std::move(prefix), outbox::lsn{}, std::move(source), {}, std::move(suffix), std::move(done)});
+        queue_.push_back(job{{}, outbox::lsn{}, std::move(source), {}, std::move(affixes), std::move(done)});
     }
     cv_.notify_one();
 }
@@ -525,7 +524,7 @@ void tail_scan_pool::work() {
             try {
                 tail_scan_options o = base_;
                 o.source = std::move(j.source);
-                result = probe_own_records(o, j.topic, j.suffix);
+                result = probe_own_records(o, j.affixes);
             } catch (const tail_scan_error& e) {
                 error = e;
             } catch (const std::exception& e) {
@@ -559,7 +558,7 @@ void tail_scan_pool::work() {
     }
 }
 
-gap_probe_result probe_own_records(const tail_scan_options& opts, const std::string& prefix, const std::string& suffix) {
+gap_probe_result probe_own_records(const tail_scan_options& opts, const topic_affixes& affixes) {
     gap_probe_result out;
     tail_scan_options o = opts;
     o.max_rounds = 1;  // the newest records of each partition only
@@ -574,7 +573,10 @@ gap_probe_result probe_own_records(const tail_scan_options& opts, const std::str
     std::vector<std::string> names;
     for (int i = 0; i < md->topic_cnt; ++i) {
         const std::string_view t = md->topics[i].topic;
-        if (t.size() < prefix.size() + suffix.size() || !t.starts_with(prefix) || !t.ends_with(suffix)) continue;
+        const bool reachable = std::any_of(affixes.begin(), affixes.end(), [&](const auto& a) {
+            return t.size() >= a.first.size() + a.second.size() && t.starts_with(a.first) && t.ends_with(a.second);
+        });
+        if (!reachable) continue;
         if (t.starts_with("__")) continue;  // Kafka's own
         names.emplace_back(t);
     }

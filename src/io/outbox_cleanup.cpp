@@ -83,7 +83,7 @@ bool parse_u64(std::string_view s, std::uint64_t* out) {
 cleanup_options cleanup_options_of(const relay_config& cfg) {
     cleanup_options o;
     o.conninfo = cfg.postgres;
-    o.tables = {{cfg.routing.schema, cfg.routing.table}};
+    for (const auto& r : table_routes(cfg)) o.tables.emplace_back(r.schema, r.table);
     o.retention = cfg.cleanup_after;
     o.batch = cfg.cleanup_batch;
     o.reconnect_backoff_max = cfg.reconnect_backoff_max;

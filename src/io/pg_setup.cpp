@@ -42,31 +42,15 @@ setup_result failed(exit_code f, std::string msg) {
     return {f, std::move(msg)};
 }
 
-// The mapped columns plus the {column} placeholders of the topic template,
-// each with the config key that asked for it (for the error message).
-std::vector<std::pair<std::string, std::string>> required_columns(const routing_config& r) {
-    std::vector<std::pair<std::string, std::string>> out;
-    auto add = [&](const std::string& col, std::string why) {
-        if (col.empty()) return;
-        for (auto& [c, _] : out)
-            if (c == col) return;
-        out.emplace_back(col, std::move(why));
-    };
-    add(r.columns.id, "routing column id");
-    add(r.columns.aggregatetype, "routing column aggregatetype");
-    add(r.columns.aggregateid, "routing column aggregateid");
-    add(r.columns.type, "routing column type");
-    add(r.columns.payload, "routing column payload");
-    const std::string& t = r.topic_template;
-    for (std::size_t i = 0; i < t.size();) {
-        auto open = t.find('{', i);
-        if (open == std::string::npos) break;
-        auto close = t.find('}', open + 1);
-        if (close == std::string::npos) break;  // config validation reports it
-        add(t.substr(open + 1, close - open - 1), "topic template");
-        i = close + 1;
-    }
-    return out;
+// The first column `names` lacks that the route needs (the mapper's own
+// rule, so setup and runtime agree), or an empty string.
+std::string missing_column(const routing_config& r, const std::set<std::string>& names) {
+    cached_relation rel;
+    for (const std::string& n : names) rel.columns.push_back({n, 0, -1, false});
+    auto m = outbox_mapper::create(r);
+    if (!m) return {};  // build_config reports a bad route
+    auto ok = m->check_relation(rel);
+    return ok ? std::string() : ok.error().field;
 }
 
 // Small helper around a blocking connection: quoting and single-value queries.
@@ -109,8 +93,9 @@ private:
 }  // namespace
 
 setup_result prepare_postgres(const relay_config& cfg) {
-    const auto& rt = cfg.routing;
-    const std::string table_text = rt.schema + "." + rt.table;
+    const std::vector<routing_config> routes = table_routes(cfg);
+    std::string tables_text;
+    for (const auto& rt : routes) tables_text += (tables_text.empty() ? "" : ",") + rt.schema + "." + rt.table;
 
     // --- connect (the conninfo may hold a password: never echo it)
     const char* keys[] = {"dbname", "application_name", "client_encoding", nullptr};
@@ -125,11 +110,25 @@ setup_result prepare_postgres(const relay_config& cfg) {
     const std::string slot_lit = db.literal(cfg.slot);
     const std::string pub_lit = db.literal(cfg.publication);
     const std::string pub_id = db.ident(cfg.publication);
-    const std::string schema_lit = db.literal(rt.schema);
-    const std::string table_lit = db.literal(rt.table);
-    const std::string qualified = db.ident(rt.schema) + "." + db.ident(rt.table);
-    if (slot_lit.empty() || pub_lit.empty() || pub_id.empty() || schema_lit.empty() || table_lit.empty())
+    if (slot_lit.empty() || pub_lit.empty() || pub_id.empty())
         return failed(exit_code::pg_connect, "cannot quote names: " + one_line(PQerrorMessage(conn.get())));
+    struct table_facts {
+        std::string text, schema_lit, table_lit, qualified, relid;
+        bool partitioned = false;
+    };
+    std::vector<table_facts> facts;
+    std::string qualified_list;
+    for (const auto& rt : routes) {
+        table_facts f;
+        f.text = rt.schema + "." + rt.table;
+        f.schema_lit = db.literal(rt.schema);
+        f.table_lit = db.literal(rt.table);
+        f.qualified = db.ident(rt.schema) + "." + db.ident(rt.table);
+        if (f.schema_lit.empty() || f.table_lit.empty())
+            return failed(exit_code::pg_connect, "cannot quote names: " + one_line(PQerrorMessage(conn.get())));
+        qualified_list += (qualified_list.empty() ? "" : ", ") + f.qualified;
+        facts.push_back(std::move(f));
+    }
 
     // --- wal_level
     {
@@ -153,55 +152,57 @@ setup_result prepare_postgres(const relay_config& cfg) {
                           "role " + role + " lacks REPLICATION: run ALTER ROLE " + db.ident(role) + " REPLICATION");
     }
 
-    // --- table exists, readable, has the mapped columns
-    std::string relid;
-    {
-        auto r = db.exec("SELECT to_regclass(" + db.literal(qualified) + ")::oid");
-        if (!r) return failed(exit_code::table_missing, "cannot look up table " + table_text + ": " + db.error());
-        if (PQgetisnull(r.get(), 0, 0))
-            return failed(exit_code::table_missing,
-                          "table " + table_text + " does not exist: create the outbox table or fix --table");
-        relid = PQgetvalue(r.get(), 0, 0);
-    }
-    {
-        auto r = db.exec("SELECT has_table_privilege(" + relid + "::oid, 'SELECT')");
-        if (!r) return failed(exit_code::privileges, "cannot check privileges: " + db.error());
-        if (std::string_view(PQgetvalue(r.get(), 0, 0)) != "t")
-            return failed(exit_code::privileges, "role " + role + " cannot read " + table_text +
-                                                         ": run GRANT SELECT ON " + qualified + " TO " +
-                                                         db.ident(role));
-    }
-    const auto needed = required_columns(rt);
-    {
-        auto r = db.exec("SELECT attname FROM pg_attribute WHERE attrelid = " + relid +
-                         "::oid AND attnum > 0 AND NOT attisdropped");
-        if (!r) return failed(exit_code::column_missing, "cannot list columns: " + db.error());
-        std::set<std::string> have;
-        for (int i = 0; i < PQntuples(r.get()); ++i) have.insert(PQgetvalue(r.get(), i, 0));
-        for (const auto& [col, why] : needed)
-            if (!have.count(col))
+    // --- each table exists, is readable, has the columns its route needs
+    for (std::size_t i = 0; i < routes.size(); ++i) {
+        table_facts& f = facts[i];
+        const std::string& table_text = f.text;
+        {
+            auto r = db.exec("SELECT to_regclass(" + db.literal(f.qualified) + ")::oid");
+            if (!r) return failed(exit_code::table_missing, "cannot look up table " + table_text + ": " + db.error());
+            if (PQgetisnull(r.get(), 0, 0))
+                return failed(exit_code::table_missing,
+                              "table " + table_text + " does not exist: create the outbox table or fix --table");
+            f.relid = PQgetvalue(r.get(), 0, 0);
+        }
+        {
+            auto r = db.exec("SELECT has_table_privilege(" + f.relid + "::oid, 'SELECT')");
+            if (!r) return failed(exit_code::privileges, "cannot check privileges: " + db.error());
+            if (std::string_view(PQgetvalue(r.get(), 0, 0)) != "t")
+                return failed(exit_code::privileges, "role " + role + " cannot read " + table_text +
+                                                             ": run GRANT SELECT ON " + f.qualified + " TO " +
+                                                             db.ident(role));
+        }
+        {
+            auto r = db.exec("SELECT attname FROM pg_attribute WHERE attrelid = " + f.relid +
+                             "::oid AND attnum > 0 AND NOT attisdropped");
+            if (!r) return failed(exit_code::column_missing, "cannot list columns: " + db.error());
+            std::set<std::string> have;
+            for (int k = 0; k < PQntuples(r.get()); ++k) have.insert(PQgetvalue(r.get(), k, 0));
+            if (std::string col = missing_column(routes[i], have); !col.empty())
                 return failed(exit_code::column_missing, "table " + table_text + " has no column \"" + col +
-                                                                 "\" (needed by " + why +
-                                                                 "): add it or change the routing config");
+                                                                 "\" (its route needs it: id, key, payload, "
+                                                                 "timestamp, topic template or placement): add it "
+                                                                 "or change the routing config");
+        }
+        // A partitioned outbox (the usual way to clean one up: drop old
+        // partitions) must be published through its root: otherwise pgoutput
+        // names the leaf partitions, which are not the configured table, and
+        // every row would be ignored.
+        {
+            auto r = db.exec("SELECT relkind = 'p' FROM pg_class WHERE oid = " + f.relid + "::oid");
+            if (!r || PQntuples(r.get()) != 1)
+                return failed(exit_code::table_missing, "cannot read pg_class for " + table_text + ": " + db.error());
+            f.partitioned = std::string_view(PQgetvalue(r.get(), 0, 0)) == "t";
+        }
     }
-
-    // A partitioned outbox (the usual way to clean one up: drop old
-    // partitions) must be published through its root: otherwise pgoutput
-    // names the leaf partitions, which are not the configured table, and
-    // every row would be ignored.
     bool partitioned = false;
-    {
-        auto r = db.exec("SELECT relkind = 'p' FROM pg_class WHERE oid = " + relid + "::oid");
-        if (!r || PQntuples(r.get()) != 1)
-            return failed(exit_code::table_missing, "cannot read pg_class for " + table_text + ": " + db.error());
-        partitioned = std::string_view(PQgetvalue(r.get(), 0, 0)) == "t";
-    }
+    for (const auto& f : facts) partitioned = partitioned || f.partitioned;
 
     // --- publication (before the slot: PG15 looks the publication up at
     // the decoded WAL position, so one created after the slot breaks decoding).
     // publish_via_partition_root changes nothing for a plain table and makes
     // a partitioned one (and partitions attached later) arrive as the root.
-    const std::string create_pub = "CREATE PUBLICATION " + pub_id + " FOR TABLE " + qualified +
+    const std::string create_pub = "CREATE PUBLICATION " + pub_id + " FOR TABLE " + qualified_list +
                                    " WITH (publish = 'insert', publish_via_partition_root = true)";
     {
         auto r = db.exec("SELECT pubinsert, pubviaroot FROM pg_publication WHERE pubname = " + pub_lit);
@@ -213,39 +214,41 @@ setup_result prepare_postgres(const relay_config& cfg) {
             if (!db.exec(create_pub, PGRES_COMMAND_OK))
                 return failed(exit_code::publication,
                               "cannot create publication " + cfg.publication + ": " + db.error());
-            log::info(mod, "event=publication_created publication={} table={}", log::quote(cfg.publication),
-                      log::quote(table_text));
+            log::info(mod, "event=publication_created publication={} tables={}", log::quote(cfg.publication),
+                      log::quote(tables_text));
         } else {
             if (std::string_view(PQgetvalue(r.get(), 0, 0)) != "t")
                 return failed(exit_code::publication,
                               "publication " + cfg.publication + " does not publish inserts: run ALTER PUBLICATION " +
                                   pub_id + " SET (publish = 'insert')");
-            if (partitioned && std::string_view(PQgetvalue(r.get(), 0, 1)) != "t")
-                return failed(exit_code::publication,
-                              "publication " + cfg.publication + " does not publish via the partition root, so rows of the "
-                                  "partitioned table " + table_text + " would arrive under the partitions' names and be "
-                                  "missed: run ALTER PUBLICATION " + pub_id + " SET (publish_via_partition_root = true)");
-            auto t = db.exec("SELECT 1 FROM pg_publication_tables WHERE pubname = " + pub_lit +
-                             " AND schemaname = " + schema_lit + " AND tablename = " + table_lit);
-            if (!t) return failed(exit_code::publication, "cannot read pg_publication_tables: " + db.error());
-            if (PQntuples(t.get()) == 0)
-                return failed(exit_code::publication, "publication " + cfg.publication + " does not include " +
-                                                              table_text + ": run ALTER PUBLICATION " + pub_id +
-                                                              " ADD TABLE " + qualified);
-            // PG15 column lists: every mapped column must be published.
-            if (PQserverVersion(conn.get()) >= 150000) {
-                auto c = db.exec("SELECT unnest(attnames) FROM pg_publication_tables WHERE pubname = " + pub_lit +
-                                 " AND schemaname = " + schema_lit + " AND tablename = " + table_lit);
-                if (!c) return failed(exit_code::publication, "cannot read the column list: " + db.error());
-                std::set<std::string> published;
-                for (int i = 0; i < PQntuples(c.get()); ++i) published.insert(PQgetvalue(c.get(), i, 0));
-                for (const auto& [col, why] : needed)
-                    if (!published.count(col))
+            const bool via_root = std::string_view(PQgetvalue(r.get(), 0, 1)) == "t";
+            for (std::size_t i = 0; i < routes.size(); ++i) {
+                const table_facts& f = facts[i];
+                if (f.partitioned && !via_root)
+                    return failed(exit_code::publication,
+                                  "publication " + cfg.publication + " does not publish via the partition root, so rows of the "
+                                      "partitioned table " + f.text + " would arrive under the partitions' names and be "
+                                      "missed: run ALTER PUBLICATION " + pub_id + " SET (publish_via_partition_root = true)");
+                auto t = db.exec("SELECT 1 FROM pg_publication_tables WHERE pubname = " + pub_lit +
+                                 " AND schemaname = " + f.schema_lit + " AND tablename = " + f.table_lit);
+                if (!t) return failed(exit_code::publication, "cannot read pg_publication_tables: " + db.error());
+                if (PQntuples(t.get()) == 0)
+                    return failed(exit_code::publication, "publication " + cfg.publication + " does not include " +
+                                                                  f.text + ": run ALTER PUBLICATION " + pub_id +
+                                                                  " ADD TABLE " + f.qualified);
+                // PG15 column lists: every column the route needs must be published.
+                if (PQserverVersion(conn.get()) >= 150000) {
+                    auto c = db.exec("SELECT unnest(attnames) FROM pg_publication_tables WHERE pubname = " + pub_lit +
+                                     " AND schemaname = " + f.schema_lit + " AND tablename = " + f.table_lit);
+                    if (!c) return failed(exit_code::publication, "cannot read the column list: " + db.error());
+                    std::set<std::string> published;
+                    for (int k = 0; k < PQntuples(c.get()); ++k) published.insert(PQgetvalue(c.get(), k, 0));
+                    if (std::string col = missing_column(routes[i], published); !col.empty())
                         return failed(exit_code::publication,
                                       "publication " + cfg.publication + " does not publish column \"" + col +
-                                          "\" of " + table_text + " (needed by " + why +
-                                          "): drop its column list with ALTER PUBLICATION " + pub_id +
-                                          " SET TABLE " + qualified);
+                                          "\" of " + f.text + " (its route needs it): drop its column list with "
+                                          "ALTER PUBLICATION " + pub_id + " SET TABLE " + f.qualified);
+                }
             }
         }
     }
@@ -255,10 +258,19 @@ setup_result prepare_postgres(const relay_config& cfg) {
     const std::string create_slot = "SELECT pg_create_logical_replication_slot(" + slot_lit + ", 'pgoutput')";
     const std::string drop_slot = "SELECT pg_drop_replication_slot(" + slot_lit + ")";
     {
+        // Why a slot was invalidated: PG17+ name it (invalidation_reason: wal_removed,
+        // rows_removed, wal_level_insufficient, and on PG18 idle_timeout). Before
+        // that only wal_status says 'lost', for every cause. PG16's `conflicting` does
+        // not help: it is true for any invalidated logical slot (seen on 16.14 for
+        // wal_removed), which PG17 narrowed to the recovery conflicts. Without a
+        // reason, a standby (logical slots there exist from PG16) may also have lost
+        // the slot to a recovery conflict; a primary only to removed WAL.
+        const int server_version = PQserverVersion(conn.get());
+        const std::string reason_sql = server_version >= 170000 ? "coalesce(invalidation_reason, '')" : "''";
         auto r = db.exec(
             "SELECT slot_type, coalesce(plugin, ''), coalesce(database = current_database(), false), "
-            "coalesce(database, ''), coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = " +
-            slot_lit);
+            "coalesce(database, ''), coalesce(wal_status, ''), " +
+            reason_sql + ", pg_is_in_recovery() FROM pg_replication_slots WHERE slot_name = " + slot_lit);
         if (!r) return failed(exit_code::slot, "cannot read pg_replication_slots: " + db.error());
         if (PQntuples(r.get()) == 0) {
             if (!cfg.create_slot)
@@ -273,7 +285,8 @@ setup_result prepare_postgres(const relay_config& cfg) {
         } else {
             std::string_view type = PQgetvalue(r.get(), 0, 0), plugin = PQgetvalue(r.get(), 0, 1),
                              same_db = PQgetvalue(r.get(), 0, 2), database = PQgetvalue(r.get(), 0, 3),
-                             wal_status = PQgetvalue(r.get(), 0, 4);
+                             wal_status = PQgetvalue(r.get(), 0, 4), reason = PQgetvalue(r.get(), 0, 5),
+                             in_recovery = PQgetvalue(r.get(), 0, 6);
             if (type != "logical" || plugin != "pgoutput")
                 return failed(exit_code::slot, "replication slot " + cfg.slot + " is " + std::string(type) +
                                                        (plugin.empty() ? "" : " with plugin " + std::string(plugin)) +
@@ -283,12 +296,28 @@ setup_result prepare_postgres(const relay_config& cfg) {
                 return failed(exit_code::slot, "replication slot " + cfg.slot + " belongs to database " +
                                                        std::string(database) +
                                                        ": connect to that database or choose another --slot");
-            if (wal_status == "lost")
+            if (wal_status == "lost" || !reason.empty()) {
+                std::string why;
+                if (reason.empty() && in_recovery == "t")
+                    why = "WAL it needed was removed (max_slot_wal_keep_size) or it conflicted with recovery "
+                          "on this standby";
+                else if (reason.empty() || reason == "wal_removed")
+                    why = "WAL it needed was removed (max_slot_wal_keep_size)";
+                else if (reason == "idle_timeout")
+                    why = "it was inactive longer than idle_replication_slot_timeout";
+                else if (reason == "rows_removed" || reason == "wal_level_insufficient")
+                    why = "it conflicted with recovery on this standby";
+                else
+                    why = "Postgres invalidated it";
                 return failed(exit_code::slot,
-                              "replication slot " + cfg.slot +
-                                  " was invalidated (wal_status=lost): WAL it needed was removed, so events "
-                                  "committed since its last confirmed position are lost to it; run " +
+                              "replication slot " + cfg.slot + " was invalidated (wal_status=" +
+                                  std::string(wal_status) +
+                                  (reason.empty() ? "" : ", invalidation_reason=" + std::string(reason)) + "): " +
+                                  why +
+                                  ", so events committed since its last confirmed position cannot be streamed "
+                                  "from it; run " +
                                   drop_slot + " and restart to recreate it, then reconcile the gap");
+            }
         }
     }
 
@@ -312,13 +341,14 @@ setup_result prepare_postgres(const relay_config& cfg) {
         system_id = PQgetvalue(r.get(), 0, 0);
     }
 
-    log::info(mod, "event=ready slot={} publication={} table={} system_id={}", log::quote(cfg.slot),
-              log::quote(cfg.publication), log::quote(table_text), system_id);
+    log::info(mod, "event=ready slot={} publication={} tables={} system_id={}", log::quote(cfg.slot),
+              log::quote(cfg.publication), log::quote(tables_text), system_id);
     setup_result ok;
     ok.system_id = system_id;
     ok.database = PQdb(conn.get());
     ok.slot_created = slot_created;
-    ok.table_oid = static_cast<std::uint32_t>(std::stoul(relid));
+    for (const auto& f : facts) ok.table_oids.push_back(static_cast<std::uint32_t>(std::stoul(f.relid)));
+    ok.table_oid = ok.table_oids.front();
     ok.partitioned = partitioned;
     return ok;
 }

@@ -283,7 +283,7 @@ struct relay::impl {
     }
 
     void run(cmd::probe_gap& c) {
-        scans_->submit_probe(c.prefix, c.suffix, c.source,
+        scans_->submit_probe(c.affixes, c.source,
                              [this](std::optional<gap_probe_result> r, std::optional<tail_scan_error> e) {
                                  if (stopped_) return;
                                  if (r)

@@ -11,6 +11,11 @@ using outbox::build_config;
 using outbox::delivery_mode;
 using outbox::redact_conninfo;
 using outbox::relay_config;
+using outbox::default_placements;
+using outbox::envelope_kind;
+using outbox::missing_policy;
+using outbox::placement;
+using outbox::placement_kind;
 
 namespace {
 
@@ -63,7 +68,14 @@ TEST_CASE("defaults_with_only_required_options") {
     CHECK(c.publication == d.publication);
     CHECK(c.routing.schema == "public");
     CHECK(c.routing.table == "outbox");
-    CHECK(c.routing.topic_template == "outbox.event.{aggregatetype}");
+    CHECK(c.routing.topic_template == "outbox.event.${routedByValue}");
+    CHECK(c.routing.route_by == "aggregatetype");
+    CHECK(c.routing.placements == default_placements());
+    CHECK(c.routing.envelope == envelope_kind::raw);
+    CHECK(c.message_prefix == "outbox");
+    REQUIRE(c.tables.size() == 1);
+    CHECK(c.tables[0].table == "outbox");
+    CHECK(c.messages.topic_template == c.routing.topic_template);
     CHECK(c.delivery == delivery_mode::exactly_once);
     CHECK(c.max_inflight_records == d.max_inflight_records);
     CHECK(c.status_interval == d.status_interval);
@@ -78,8 +90,15 @@ TEST_CASE("every_option_from_flags") {
                                {"table", "billing.Events"},
                                {"topic", "t.{kind}"},
                                {"id-column", "event_id"},
-                               {"aggregatetype-column", "kind"},
-                               {"aggregateid-column", "entity"},
+                               {"route-by", "kind"},
+                               {"key-column", "entity"},
+                               {"timestamp-column", "created_at"},
+                               {"placement", "type:header:eventType, region:partition"},
+                               {"additional-missing", "ignore"},
+                               {"tombstone-on-empty-payload", "true"},
+                               {"envelope", "cloudevents"},
+                               {"ce-source", "/orders"},
+                               {"message-prefix", "events"},
                                {"type-column", "event_type"},
                                {"payload-column", "body"},
                                {"X", "linger.ms=5"},
@@ -99,8 +118,18 @@ TEST_CASE("every_option_from_flags") {
     CHECK(c.routing.table == "Events");
     CHECK(c.routing.topic_template == "t.{kind}");
     CHECK(c.routing.columns.id == "event_id");
-    CHECK(c.routing.columns.aggregatetype == "kind");
-    CHECK(c.routing.columns.aggregateid == "entity");
+    CHECK(c.routing.route_by == "kind");
+    CHECK(c.routing.columns.key == "entity");
+    CHECK(c.routing.columns.timestamp == "created_at");
+    CHECK(c.routing.placements == std::vector<placement>{{"type", placement_kind::header, "eventType"},
+                                                         {"region", placement_kind::partition, "region"}});
+    CHECK(c.routing.additional_missing == missing_policy::ignore);
+    CHECK(c.routing.tombstone_on_empty_payload);
+    CHECK(c.routing.envelope == envelope_kind::cloudevents);
+    CHECK(c.routing.ce_source == "/orders");
+    CHECK(c.message_prefix == "events");
+    REQUIRE(c.tables.size() == 1);
+    CHECK(c.tables[0].columns.key == "entity");
     CHECK(c.routing.columns.type == "event_type");
     CHECK(c.routing.columns.payload == "body");
     CHECK(c.kafka == std::map<std::string, std::string>{{"compression.type", "lz4"}, {"linger.ms", "5"}});
@@ -139,7 +168,7 @@ TEST_CASE("every_option_from_env") {
     env_t env{{"OUTBOX_RELAY_POSTGRES", "host=envdb"},
               {"OUTBOX_RELAY_BROKERS", "e:9092"},
               {"OUTBOX_RELAY_MAX_INFLIGHT_BYTES", "4096"},
-              {"OUTBOX_RELAY_AGGREGATEID_COLUMN", "entity"},
+              {"OUTBOX_RELAY_KEY_COLUMN", "entity"},
               {"OUTBOX_RELAY_KAFKA_QUEUE_BUFFERING_MAX_MS", "3"},
               {"OUTBOX_RELAY_CONFIG", "/etc/relay.json"},  // read by main, not a typo
               {"PATH", "/usr/bin"}};
@@ -147,7 +176,7 @@ TEST_CASE("every_option_from_env") {
     CHECK(c.postgres == "host=envdb");
     CHECK(c.brokers == "e:9092");
     CHECK(c.max_inflight_bytes == 4096);
-    CHECK(c.routing.columns.aggregateid == "entity");
+    CHECK(c.routing.columns.key == "entity");
     CHECK(c.kafka == std::map<std::string, std::string>{{"queue.buffering.max.ms", "3"}});
 }
 
@@ -237,8 +266,8 @@ TEST_CASE("bad_table") {
 }
 
 TEST_CASE("bad_column_name") {
-    for (const char* opt : {"id-column", "aggregatetype-column", "aggregateid-column", "type-column",
-                            "payload-column"}) {
+    for (const char* opt : {"id-column", "route-by", "key-column", "type-column", "payload-column",
+                            "timestamp-column", "traceparent-column"}) {
         CAPTURE(opt);
         CHECK(bad_flag(opt, "no good").key == opt);
     }
@@ -470,4 +499,103 @@ TEST_CASE("every_option_is_reachable_from_env_and_file") {
         ok("", {{outbox::env_name_of(o.name), v}}, required_flags);
         ok("{\"" + std::string(o.name) + "\": \"" + v + "\"}", {}, required_flags);
     }
+}
+
+// ---------------------------------------------------------------- routes
+
+TEST_CASE("tables_in_the_file_take_the_top_level_route_options_as_defaults") {
+    const char* json = R"({
+        "postgres": "host=db", "brokers": "k:9092",
+        "topic": "events.{aggregatetype}", "envelope": "json",
+        "tables": [
+            {"table": "orders.outbox", "placement": ["type:header:eventType", "region:envelope"]},
+            {"table": "billing.events", "key-column": "account", "topic": "billing", "envelope": "raw",
+             "placement": ""}
+        ],
+        "messages": {"topic": "msg.${routedByValue}", "envelope": "cloudevents"}
+    })";
+    auto c = ok(json, {}, {});
+    REQUIRE(c.tables.size() == 2);
+    CHECK(c.tables[0].schema == "orders");
+    CHECK(c.tables[0].table == "outbox");
+    CHECK(c.tables[0].topic_template == "events.{aggregatetype}");  // from the top level
+    CHECK(c.tables[0].envelope == envelope_kind::json);
+    CHECK(c.tables[0].placements == std::vector<placement>{{"type", placement_kind::header, "eventType"},
+                                                           {"region", placement_kind::envelope, "region"}});
+    CHECK(c.tables[1].schema == "billing");
+    CHECK(c.tables[1].columns.key == "account");
+    CHECK(c.tables[1].topic_template == "billing");
+    CHECK(c.tables[1].placements.empty());
+    CHECK(c.messages.topic_template == "msg.${routedByValue}");
+    CHECK(c.messages.envelope == envelope_kind::cloudevents);
+    CHECK(c.messages.columns.key == "aggregateid");
+}
+
+TEST_CASE("route_errors_name_the_entry") {
+    SUBCASE("table and tables") {
+        auto e = bad(R"({"postgres": "h", "brokers": "k:1", "table": "a", "tables": [{"table": "b"}]})", {}, {});
+        CHECK(e.key == "table");
+    }
+    SUBCASE("an entry without table") {
+        auto e = bad(R"({"postgres": "h", "brokers": "k:1", "tables": [{"table": "a"}, {"topic": "x"}]})", {}, {});
+        CHECK(e.key == "tables");
+        CHECK(e.source == "relay.json:tables[1]");
+    }
+    SUBCASE("a table twice") {
+        auto e = bad(R"({"postgres": "h", "brokers": "k:1", "tables": [{"table": "a"}, {"table": "public.a"}]})", {},
+                     {});
+        CHECK(e.message.find("public.a appears twice") != std::string::npos);
+    }
+    SUBCASE("a non-route option in an entry") {
+        auto e = bad(R"({"postgres": "h", "brokers": "k:1", "tables": [{"table": "a", "slot": "s"}]})", {}, {});
+        CHECK(e.source == "relay.json:tables[0].slot");
+    }
+    SUBCASE("a bad value in an entry") {
+        auto e = bad(R"({"postgres": "h", "brokers": "k:1", "tables": [{"table": "a", "envelope": "xml"}]})", {}, {});
+        CHECK(e.key == "envelope");
+        CHECK(e.source == "relay.json:tables[0].envelope");
+    }
+    SUBCASE("a bad template in an entry") {
+        auto e = bad(R"({"postgres": "h", "brokers": "k:1", "tables": [{"table": "a", "topic": "x.{"}]})", {}, {});
+        CHECK(e.key == "topic");
+        CHECK(e.source == "relay.json:tables[0].topic");
+    }
+    SUBCASE("table in messages") {
+        auto e = bad(R"({"postgres": "h", "brokers": "k:1", "messages": {"table": "a"}})", {}, {});
+        CHECK(e.source == "relay.json:messages.table");
+    }
+}
+
+TEST_CASE("bad_placements") {
+    for (const char* v : {"type", "type:body", "type:header:a:b", ":header", "type:header:", "a:header,,b:header"}) {
+        CAPTURE(v);
+        auto e = bad_flag("placement", v);
+        CHECK(e.key == "placement");
+        CHECK(e.source == "--placement");
+    }
+    // Valid alone, refused by the route.
+    auto e = bad("", {}, with_required({{"placement", "region:envelope"}}));
+    CHECK(e.key == "placement");
+    CHECK(e.message.find("--envelope json") != std::string::npos);
+    e = bad("", {}, with_required({{"placement", "a:partition,b:partition"}}));
+    CHECK(e.message.find("only one column") != std::string::npos);
+    e = bad("", {}, with_required({{"placement", "a:header:outbox-relay.seq"}}));
+    CHECK(e.message.find("relay's own") != std::string::npos);
+    e = bad("", {}, with_required({{"placement", "a:header:ce_type"}, {"envelope", "cloudevents"}}));
+    CHECK(e.message.find("CloudEvents") != std::string::npos);
+}
+
+TEST_CASE("route_options_show_what_they_read") {
+    relay_config c;
+    for (const auto& o : outbox::options()) {
+        if (o.name != "placement" && o.name != "envelope" && o.name != "topic" && o.name != "additional-missing")
+            continue;
+        CAPTURE(o.name);
+        const std::string shown = o.show(c);
+        relay_config back;
+        CHECK(o.apply(back, shown).empty());
+        CHECK(o.show(back) == shown);
+    }
+    CHECK(outbox::placements_text({{"a", placement_kind::header, "b"}, {"c", placement_kind::partition, "c"}}) ==
+          "a:header:b,c:partition");
 }

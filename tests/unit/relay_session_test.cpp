@@ -29,6 +29,8 @@ struct produced {
     std::string topic, key, value;
     std::map<std::string, std::string> headers;
     record_tag tag;
+    std::int64_t timestamp_ms = 0;
+    std::int32_t partition = any_partition;
 };
 
 struct driver {
@@ -41,6 +43,7 @@ struct driver {
     std::vector<cmd::send_status> statuses;
     std::vector<lsn> starts;
     std::vector<cmd::scan_topic> scans;
+    std::vector<cmd::probe_gap> probes;
     std::vector<std::string> kinds;  // every command in order, by name
     std::vector<std::string> notes;
     std::optional<cmd::stop> stopped;
@@ -75,6 +78,8 @@ struct driver {
                     if constexpr (std::is_same_v<T, cmd::produce>) {
                         produced p{std::string(x.rec.topic), std::string(x.rec.key), std::string(x.rec.value), {}, x.tag};
                         for (const header& h : x.rec.headers) p.headers[std::string(h.name)] = std::string(h.value);
+                        p.timestamp_ms = x.rec.timestamp_ms;
+                        p.partition = x.rec.partition;
                         out.push_back(std::move(p));
                         kinds.push_back("produce");
                     } else if constexpr (std::is_same_v<T, cmd::send_status>) {
@@ -98,6 +103,9 @@ struct driver {
                     } else if constexpr (std::is_same_v<T, cmd::resume_reading>) {
                         ++resumes;
                         kinds.push_back("resume");
+                    } else if constexpr (std::is_same_v<T, cmd::probe_gap>) {
+                        probes.push_back(x);
+                        kinds.push_back("probe");
                     } else if constexpr (std::is_same_v<T, cmd::init_txn>) {
                         kinds.push_back("init_txn");
                     } else if constexpr (std::is_same_v<T, cmd::begin_txn>) {
@@ -1441,6 +1449,189 @@ TEST_CASE("stream_lost_with_a_transaction_open_restarts_the_producer_without_cou
     }
     CHECK(d.recreates == 3);
     CHECK_FALSE(d.stopped);
+}
+
+// ---------------------------------------------------------------- routing
+
+TEST_CASE("record_timestamp_is_the_commit_time") {
+    driver d;
+    d.streaming();
+    d.begin(0x1000, /*commit_ts: µs since 2000-01-01*/ 800'000'000'123'456);
+    d.row(0x1001, "e-1");
+    d.commit(0x1000, 0x1028);
+    REQUIRE(d.out.size() == 1);
+    CHECK(d.out[0].timestamp_ms == (800'000'000'123'456 + 946'684'800'000'000) / 1000);
+}
+
+TEST_CASE("transactional_outbox_message_keeps_its_place_in_the_transaction") {
+    driver d;
+    d.streaming();
+    d.begin(0x1000, 5'000'000);
+    d.row(0x1001, "e-1", "order", "k1");
+    d.xlog(0x1002, test::enc_message(std::nullopt, 1, 0x1003, "outbox",
+                                     R"({"id": "m-1", "aggregatetype": "order", "aggregateid": "k1", "type": "Shipped",
+                                         "payload": {"n": 2}, "headers": {"tenant": "acme"}})"));
+    d.row(0x1004, "e-2", "order", "k1");
+    d.commit(0x1000, 0x1028);
+    REQUIRE(d.out.size() == 3);
+    CHECK(d.out[0].headers.at("id") == "e-1");
+    CHECK(d.out[1].headers.at("id") == "m-1");
+    CHECK(d.out[2].headers.at("id") == "e-2");
+    for (std::size_t i = 0; i < 3; ++i) {
+        CHECK(d.out[i].headers.at("outbox-relay.commit-lsn") == "0/1000");
+        CHECK(d.out[i].headers.at("outbox-relay.seq") == std::to_string(i));
+    }
+    const auto& m = d.out[1];
+    CHECK(m.topic == "outbox.event.order");
+    CHECK(m.key == "k1");
+    CHECK(m.value == R"({"n":2})");
+    CHECK(m.headers.at("type") == "Shipped");
+    CHECK(m.headers.at("tenant") == "acme");
+    CHECK(m.timestamp_ms == d.out[0].timestamp_ms);  // the transaction's commit time
+    CHECK(d.session().metrics().outbox_messages.value() == 1);
+    d.ack_all();
+    d.advance(100ms);
+    CHECK(d.last_flush() == lsn{0x1028});
+}
+
+TEST_CASE("non_transactional_outbox_message_is_a_transaction_of_its_own") {
+    driver d;
+    d.streaming();
+    d.xlog(0x2000, test::enc_message(std::nullopt, 0, 0x2000, "outbox",
+                                     R"({"id": "m-1", "aggregatetype": "audit", "aggregateid": "u-1", "type": "Login",
+                                         "payload": "x"})"));
+    REQUIRE(d.out.size() == 1);
+    CHECK(d.out[0].topic == "outbox.event.audit");
+    // Just inside its own WAL record: no commit record can have that position.
+    CHECK(d.out[0].headers.at("outbox-relay.commit-lsn") == "0/1FFF");
+    CHECK(d.out[0].headers.at("outbox-relay.seq") == "0");
+    d.advance(100ms);
+    CHECK(d.last_flush() == lsn{0x100});  // not before its ack
+    d.ack(0);
+    d.advance(100ms);
+    CHECK(d.last_flush() == lsn{0x2000});  // its lsn: the server never sends it again
+    // Inside an open transaction it would mean the server and we disagree.
+    d.begin(0x3000);
+    d.xlog(0x3001, test::enc_message(std::nullopt, 0, 0x3001, "outbox", "{}"));
+    d.stream_stopped();
+    REQUIRE(d.stopped);
+    CHECK(d.stopped->code == exit_code::protocol);
+}
+
+TEST_CASE("messages_with_other_prefixes_are_counted_not_sent") {
+    driver d;
+    d.streaming();
+    d.begin(0x1000);
+    d.xlog(0x1001, test::enc_message(std::nullopt, 1, 0x1001, "audit", R"({"id": "x"})"));
+    d.commit(0x1000, 0x1028);
+    CHECK(d.out.empty());
+    CHECK(d.session().metrics().ignored_message.value() == 1);
+    CHECK(d.session().metrics().outbox_messages.value() == 0);
+    // An empty prefix turns outbox messages off entirely.
+    driver off;
+    off.cfg.message_prefix.clear();
+    off.streaming();
+    off.begin(0x1000);
+    off.xlog(0x1001, test::enc_message(std::nullopt, 1, 0x1001, "outbox", R"({"id": "x"})"));
+    off.commit(0x1000, 0x1028);
+    CHECK(off.out.empty());
+    CHECK(off.session().metrics().ignored_message.value() == 1);
+}
+
+TEST_CASE("malformed_outbox_message_is_a_dead_letter") {
+    driver d(delivery_mode::at_least_once, "outbox.dlq");
+    d.streaming();
+    d.begin(0x1000);
+    d.xlog(0x1001, test::enc_message(std::nullopt, 1, 0x1001, "outbox", "{not json"));
+    d.xlog(0x1002, test::enc_message(std::nullopt, 1, 0x1002, "outbox",
+                                     R"({"id": "m-2", "aggregatetype": "order", "type": "T", "payload": {}})"));
+    d.commit(0x1000, 0x1028);
+    REQUIRE(d.out.size() == 2);
+    CHECK(d.out[0].topic == "outbox.dlq");
+    CHECK(d.out[0].value == "{not json");  // the bytes, kept
+    CHECK(d.out[0].headers.at("outbox-relay.dlq.reason") == "bad_message");
+    CHECK(d.out[0].headers.at("outbox-relay.dlq.detail").find("not valid JSON") != std::string::npos);
+    CHECK(d.out[0].headers.at("outbox-relay.dlq.table") == "message:outbox");
+    CHECK(d.out[1].headers.at("outbox-relay.dlq.reason") == "bad_message");
+    CHECK(d.out[1].headers.at("outbox-relay.dlq.detail").find("no field \"aggregateid\"") != std::string::npos);
+    CHECK(d.out[1].headers.at("id") == "m-2");
+    CHECK(d.session().metrics().dead_letter("bad_message").value() == 2);
+    d.ack_all();
+    d.advance(100ms);
+    CHECK(d.last_flush() == lsn{0x1028});
+}
+
+TEST_CASE("malformed_outbox_message_without_a_dead_letter_topic_stops") {
+    driver d;
+    d.streaming();
+    d.xlog(0x2000, test::enc_message(std::nullopt, 0, 0x2000, "outbox", "[1]"));
+    d.stream_stopped();
+    REQUIRE(d.stopped);
+    CHECK(d.stopped->code == exit_code::outbox_schema);
+    CHECK(d.stopped->reason.find("bad_message") != std::string::npos);
+    CHECK(d.stopped->reason.find("not a JSON object") != std::string::npos);
+    CHECK(d.last_flush() == lsn{0x100});  // never past the refused message
+}
+
+TEST_CASE("two_tables_each_with_its_route_in_one_transaction") {
+    driver d(delivery_mode::at_least_once, "outbox.dlq");
+    routing_config a;  // public.outbox, the defaults
+    routing_config b;
+    b.table = "other";
+    b.topic_template = "billing";
+    b.columns.key = "aggregatetype";
+    b.placements.clear();
+    d.cfg.tables = {a, b};
+    d.streaming();
+    d.relation(other_relid);  // public.other, same columns
+    d.begin(0x1000);
+    d.row(0x1001, "e-1", "order", "k1");
+    d.xlog(0x1002, test::enc_insert(std::nullopt, other_relid,
+                                    {{'t', "b-1"}, {'t', "acct-7"}, {'t', "k1"}, {'t', "Billed"}, {'t', "{}"}}));
+    d.row(0x1003, "e-2", "order", "k1");
+    d.commit(0x1000, 0x1028);
+    REQUIRE(d.out.size() == 3);
+    CHECK(d.out[0].topic == "outbox.event.order");
+    CHECK(d.out[0].headers.count("type") == 1);
+    CHECK(d.out[1].topic == "billing");
+    CHECK(d.out[1].key == "acct-7");
+    CHECK(d.out[1].headers.count("type") == 0);
+    CHECK(d.out[1].headers.at("outbox-relay.seq") == "1");  // one order across the tables
+    CHECK(d.out[2].headers.at("outbox-relay.seq") == "2");
+    // A refusal by Kafka names the table the record came from.
+    record failed;
+    failed.topic = d.out[1].topic;
+    failed.key = d.out[1].key;
+    failed.value = d.out[1].value;
+    std::vector<header> hs;
+    for (const auto& [k, v] : d.out[1].headers) hs.push_back({k, v});
+    failed.headers = hs;
+    delivery dv;
+    dv.status = delivery_status::permanent;
+    dv.why = refusal::other;
+    dv.error = "Broker: Policy violation";
+    dv.topic = d.out[1].topic;
+    dv.rec = failed;
+    d.session().on_delivery(d.out[1].tag, dv, d.now());
+    d.drain();
+    REQUIRE(d.out.size() == 4);
+    CHECK(d.out[3].topic == "outbox.dlq");
+    CHECK(d.out[3].headers.at("outbox-relay.dlq.table") == "public.other");
+}
+
+TEST_CASE("gap_probe_covers_every_route") {
+    driver d(delivery_mode::exactly_once);
+    routing_config a, b;
+    b.table = "other";
+    b.topic_template = "billing.{aggregatetype}.events";
+    d.cfg.tables = {a, b};
+    d.cfg.message_prefix = "outbox";  // the messages' route is a's: one pair for both
+    d.session().set_slot_created(true);
+    d.start();
+    d.started();
+    REQUIRE(d.probes.size() == 1);
+    CHECK(d.probes[0].affixes == std::vector<std::pair<std::string, std::string>>{{"billing.", ".events"},
+                                                                                  {"outbox.event.", ""}});
 }
 
 }  // TEST_SUITE

@@ -133,11 +133,12 @@ struct gap_probe_result {
 };
 
 // Looks for records of opts.source's origin in the newest records (the first
-// chunk) of every partition of every topic named prefix...suffix: the topics
-// the routing template can reach. Used when the relay had to create its slot,
+// chunk) of every partition of every topic named prefix...suffix for one of
+// the `affixes` pairs: the topics the routes' templates can reach. Used when the relay had to create its slot,
 // before any record tells it which topics matter. Blocking (a worker
 // thread); throws tail_scan_error like scan_topic_tail.
-gap_probe_result probe_own_records(const tail_scan_options& opts, const std::string& prefix, const std::string& suffix);
+using topic_affixes = std::vector<std::pair<std::string, std::string>>;  // (prefix, suffix) pairs
+gap_probe_result probe_own_records(const tail_scan_options& opts, const topic_affixes& affixes);
 
 // Runs tail scans off the loop thread: each on a worker thread (at most
 // `max_parallel` at once, the rest queued in order), with the completion
@@ -157,7 +158,7 @@ public:
 
     // Queues a gap probe (probe_own_records) with the base options.
     using probe_done_fn = std::function<void(std::optional<gap_probe_result>, std::optional<tail_scan_error>)>;
-    void submit_probe(std::string prefix, std::string suffix, outbox::source_id source, probe_done_fn done);
+    void submit_probe(topic_affixes affixes, outbox::source_id source, probe_done_fn done);
 
     // Queues a scan of `topic` from `from` with the base options, counting
     // only `source`'s records (empty: every record with a position).
@@ -169,8 +170,8 @@ private:
         outbox::lsn from;
         outbox::source_id source;
         done_fn done;
-        // A gap probe instead of a scan: topic = prefix, suffix here.
-        std::string suffix;
+        // A gap probe instead of a scan: the topic name patterns.
+        topic_affixes affixes;
         probe_done_fn probe_done;
     };
     void work();

@@ -49,7 +49,7 @@ struct cleanup_options {
 };
 
 // The options for `cfg`: conninfo, retention, batch, backoff, and the
-// outbox tables (today the one of cfg.routing).
+// outbox tables (every table route of cfg).
 cleanup_options cleanup_options_of(const relay_config& cfg);
 
 // What happened since the previous report (deltas), for the metrics.

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace outbox::io {
 
@@ -18,8 +19,9 @@ struct setup_result {
     exit_code failure = exit_code::ok;
     std::string message;  // one line: what is wrong and what to do
     bool slot_created = false;  // the slot did not exist and was created now
-    std::uint32_t table_oid = 0;  // the outbox table's OID (the root of a partitioned one)
-    bool partitioned = false;
+    std::uint32_t table_oid = 0;  // the first outbox table's OID (the root of a partitioned one)
+    std::vector<std::uint32_t> table_oids;  // every outbox table's, in table_routes(cfg) order
+    bool partitioned = false;     // one of them is partitioned
     std::string system_id;        // IDENTIFY_SYSTEM systemid of the cluster
     std::string database;         // the database the outbox lives in
 };
