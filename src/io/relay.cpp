@@ -12,6 +12,7 @@
 #include "outbox_relay/io/kafka_sink.hpp"
 #include "outbox_relay/io/kafka_tail_scanner.hpp"
 #include "outbox_relay/io/log.hpp"
+#include "outbox_relay/io/outbox_cleanup.hpp"
 #include "outbox_relay/io/pg_setup.hpp"
 #include "outbox_relay/io/replication_stream.hpp"
 #include "outbox_relay/relay_session.hpp"
@@ -54,6 +55,7 @@ struct relay::impl {
         : ioc_(ioc), cfg_(std::move(cfg)), session_(cfg_), timer_(ioc) {}
 
     ~impl() {
+        cleaner_.reset();  // joins its thread: nothing it holds outlives us
         // Scans first (they post to the loop), then the stream, then the producer.
         scans_.reset();
         stream_.reset();
@@ -63,6 +65,7 @@ struct relay::impl {
     // ---- lifecycle -------------------------------------------------------
 
     void start() {
+        start_cleanup();
         try {
             make_sink();
         } catch (const std::exception& e) {
@@ -176,6 +179,7 @@ struct relay::impl {
     }
 
     void run(cmd::send_status& c) {
+        if (cleaner_) cleaner_->set_confirmed(session_.confirmed());
         if (!stream_) return;
         walsender::status_update s;
         s.write = c.write;
@@ -319,6 +323,7 @@ struct relay::impl {
         stopped_ = true;
         timer_.cancel();
         if (http_) http_->stop();
+        if (cleaner_) cleaner_->request_stop();
         ++stream_gen_;
         bury_stream();
         scans_.reset();
@@ -339,6 +344,18 @@ struct relay::impl {
     }
 
     // ---- I/O objects -----------------------------------------------------
+
+    // Opt-in outbox cleanup (--cleanup-after; main checked its tables before
+    // pg_setup): its own thread; its reports reach the metrics on the loop.
+    void start_cleanup() {
+        if (cfg_.cleanup_after.count() == 0) return;
+        auto report = [this, alive = std::weak_ptr<int>(alive_)](const cleanup_report& r) {
+            boost::asio::post(ioc_, [this, alive, r] {
+                if (alive.lock()) apply_cleanup_report(session_.metrics(), r);
+            });
+        };
+        cleaner_ = std::make_unique<outbox_cleanup>(cleanup_options_of(cfg_), std::move(report));
+    }
 
     void make_sink(std::size_t batch_size = 0) {
         sink_config sc;
@@ -409,6 +426,8 @@ struct relay::impl {
     std::uint64_t stream_gen_ = 0;
     std::unique_ptr<tail_scan_pool> scans_;
     std::unique_ptr<http_server> http_;
+    std::unique_ptr<outbox_cleanup> cleaner_;
+    std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // posted cleanup reports check it
     boost::asio::steady_timer timer_;
     steady_time armed_ = steady_time::max();
     lsn last_logged_flush_;
