@@ -40,8 +40,8 @@ struct relay_config {
     routing_config messages;                  // the route of the outbox messages (build_config fills it)
     std::map<std::string, std::string> kafka; // -X librdkafka properties
     delivery_mode delivery = delivery_mode::exactly_once;
-    std::size_t max_inflight_records = 100'000;
-    std::size_t max_inflight_bytes = 256u << 20;
+    std::size_t max_inflight_records = 20'000;  // 200 ms of acks at 100 k/s; bounds catch-up RSS
+    std::size_t max_inflight_bytes = 16u << 20;
     std::chrono::milliseconds status_interval{10'000};
     std::chrono::milliseconds drain_timeout{30'000};
     std::chrono::milliseconds reconnect_backoff_max{10'000};
