@@ -12,6 +12,7 @@
 #include "outbox_relay/exit_code.hpp"
 #include "outbox_relay/io/admin.hpp"
 #include "outbox_relay/io/log.hpp"
+#include "outbox_relay/io/outbox_cleanup.hpp"
 #include "outbox_relay/io/pg_setup.hpp"
 #include "outbox_relay/io/relay.hpp"
 #include "outbox_relay/secrets.hpp"
@@ -144,6 +145,16 @@ int run(const std::vector<std::pair<std::string, std::string>>& flags, const std
               OUTBOX_RELAY_VERSION, OUTBOX_RELAY_COMMIT, log::quote(outbox::redact_conninfo(cfg->postgres)),
               log::quote(cfg->postgres_password_file), cfg->brokers, cfg->slot, cfg->publication, log::quote(tables),
               log::quote(cfg->message_prefix));
+
+    // Refused before pg_setup creates anything: a slot made for a refused
+    // start would hold WAL.
+    if (cfg->cleanup_after.count() > 0) {
+        auto c = outbox::io::check_cleanup_tables(outbox::io::cleanup_options_of(*cfg));
+        if (c.failure != exit_code::ok) {
+            log::error("cleanup", "event=setup_failed exit_code={} reason={}", to_int(c.failure), log::quote(c.message));
+            return to_int(c.failure);
+        }
+    }
 
     auto setup = outbox::io::prepare_postgres(*cfg);
     if (setup.failure != exit_code::ok) {

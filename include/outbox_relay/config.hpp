@@ -46,8 +46,8 @@ struct relay_config {
     routing_config messages;                  // the route of the outbox messages (build_config fills it)
     std::map<std::string, std::string> kafka; // -X librdkafka properties
     delivery_mode delivery = delivery_mode::exactly_once;
-    std::size_t max_inflight_records = 100'000;
-    std::size_t max_inflight_bytes = 256u << 20;
+    std::size_t max_inflight_records = 20'000;  // 200 ms of acks at 100 k/s; bounds catch-up RSS
+    std::size_t max_inflight_bytes = 16u << 20;
     std::chrono::milliseconds status_interval{10'000};
     std::chrono::milliseconds drain_timeout{30'000};
     std::chrono::milliseconds reconnect_backoff_max{10'000};
@@ -66,6 +66,8 @@ struct relay_config {
     std::string dead_letter_topic;            // rows that cannot be delivered for good go here; empty = stop instead
     bool kafka_transactions = true;           // exactly-once: produce in Kafka transactions (fences zombies)
     std::chrono::milliseconds kafka_txn_max{100};  // the longest a Kafka transaction stays open while records keep coming
+    std::chrono::milliseconds cleanup_after{0};    // delete relayed outbox rows older than this (cleanup_plan.hpp); 0 = off
+    std::size_t cleanup_batch = 10'000;            // rows per cleanup DELETE
 };
 
 // One option of the table. `apply` parses a raw value into the config and

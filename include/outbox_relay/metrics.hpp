@@ -151,6 +151,12 @@ struct relay_metrics {
     counter& producer_recreated;   // outbox_relay_producer_recreated_total
     counter& status_updates_sent;  // outbox_relay_status_updates_sent_total
     histogram& commit_to_ack;      // outbox_relay_commit_to_ack_seconds
+    // Opt-in outbox cleanup (io/outbox_cleanup.hpp); updated on the loop
+    // thread from the cleaner's reports.
+    counter& cleanup_deleted_rows;  // outbox_relay_cleanup_deleted_rows_total
+    counter& cleanup_runs;          // outbox_relay_cleanup_runs_total
+    counter& cleanup_errors;        // outbox_relay_cleanup_errors_total
+    gauge& cleanup_mark_lag;        // outbox_relay_cleanup_mark_lag_seconds
     counter& outbox_messages;      // outbox_relay_outbox_messages_total
     counter& trace_context_dropped;  // outbox_relay_trace_context_dropped_total
 

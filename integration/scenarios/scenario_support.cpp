@@ -177,6 +177,14 @@ relay_process& scenario::start_relay(const std::string& name, const std::vector<
     return *relays_.back();
 }
 
+relay_process& scenario::start_relay_with(const std::string& name, std::vector<std::string> args) {
+    relay_options o;
+    o.args = std::move(args);
+    o.log_path = relay_log_path(tag_ + "-" + name);
+    relays_.push_back(std::make_unique<relay_process>(std::move(o)));
+    return *relays_.back();
+}
+
 relay_process& scenario::start_relay_via(const std::string& conninfo, const std::string& name,
                                          const std::vector<std::string>& extra) {
     relay_options o;

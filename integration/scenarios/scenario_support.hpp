@@ -102,6 +102,9 @@ public:
     // Starts a relay (log under the build dir, stem = tag + name). The
     // returned reference lives as long as the scenario.
     relay_process& start_relay(const std::string& name = "relay", const std::vector<std::string>& extra = {});
+    // A relay run with exactly `args` (the whole command line after the
+    // program name), for scenarios that configure routing themselves.
+    relay_process& start_relay_with(const std::string& name, std::vector<std::string> args);
     // The same, reaching Postgres through `conninfo` (e.g. a tcp_proxy's port).
     relay_process& start_relay_via(const std::string& conninfo, const std::string& name,
                                    const std::vector<std::string>& extra = {});

@@ -1,5 +1,7 @@
 #include "outbox_relay/config.hpp"
 
+#include "outbox_relay/cleanup_plan.hpp"
+
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -689,6 +691,26 @@ const option_spec option_table[] = {
          return {};
      },
      [](const relay_config& c) -> std::string { return c.accept_slot_gap ? "true" : "false"; }},
+    // Opt-in: off unless set. The rule (which rows, when) is cleanup_plan.hpp's.
+    {"cleanup-after",
+     "delete outbox rows the relay has confirmed, once their transaction committed this long ago: 90s, 15m, 1h, 2d "
+     "(empty = off; plain tables only)",
+     false, false,
+     [](relay_config& c, const std::string& s) -> std::string {
+         auto r = parse_cleanup_after(s);
+         if (!r) return r.error().message;
+         c.cleanup_after = *r;
+         return {};
+     },
+     [](const relay_config& c) { return format_cleanup_after(c.cleanup_after); }},
+    {"cleanup-batch", "rows deleted per cleanup statement (each its own transaction)", false, false,
+     [](relay_config& c, const std::string& s) {
+         std::uint64_t n = 0;
+         std::string why = number<1, 1'000'000>(s, n);
+         c.cleanup_batch = static_cast<std::size_t>(n);
+         return why;
+     },
+     [](const relay_config& c) { return std::to_string(c.cleanup_batch); }},
     {"message-prefix",
      "prefix of pg_logical_emit_message outbox messages relayed as events; empty = messages off", false, false,
      [](relay_config& c, const std::string& s) -> std::string {

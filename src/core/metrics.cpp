@@ -335,6 +335,17 @@ relay_metrics::relay_metrics()
           "outbox_relay_commit_to_ack_seconds",
           "Seconds from a transaction's Postgres commit timestamp until every record of it is acked and confirmable.",
           std::vector<double>(std::begin(commit_to_ack_buckets), std::end(commit_to_ack_buckets)))),
+      cleanup_deleted_rows(registry.add_counter("outbox_relay_cleanup_deleted_rows_total",
+                                                "Outbox rows deleted by the cleanup (cleanup-after).")),
+      cleanup_runs(registry.add_counter(
+          "outbox_relay_cleanup_runs_total",
+          "Cleanup ticks completed: a mark taken and, when one was usable, its delete pass finished.")),
+      cleanup_errors(registry.add_counter("outbox_relay_cleanup_errors_total",
+                                          "Cleanup ticks or connections that failed (retried; relaying goes on).")),
+      cleanup_mark_lag(registry.add_gauge(
+          "outbox_relay_cleanup_mark_lag_seconds",
+          "Age of the oldest cleanup mark kept: the usable one when there is one. About cleanup-after plus a tick "
+          "when all is well; grows while confirmed stands still.")),
       outbox_messages(registry.add_counter(
           "outbox_relay_outbox_messages_total",
           "pg_logical_emit_message messages with the outbox prefix (relayed or dead-lettered).")),

@@ -12,6 +12,7 @@
 #include "outbox_relay/io/kafka_sink.hpp"
 #include "outbox_relay/io/kafka_tail_scanner.hpp"
 #include "outbox_relay/io/log.hpp"
+#include "outbox_relay/io/outbox_cleanup.hpp"
 #include "outbox_relay/io/pg_setup.hpp"
 #include "outbox_relay/io/replication_stream.hpp"
 #include "outbox_relay/io/slot_monitor.hpp"
@@ -61,6 +62,7 @@ struct relay::impl {
                                                           "HTTP connections open on metrics-listen.")) {}
 
     ~impl() {
+        cleaner_.reset();  // joins its thread: nothing it holds outlives us
         // Scans first (they post to the loop), then the stream, then the producer.
         slots_.reset();
         scans_.reset();
@@ -71,6 +73,7 @@ struct relay::impl {
     // ---- lifecycle -------------------------------------------------------
 
     void start() {
+        start_cleanup();
         try {
             make_sink();
         } catch (const std::exception& e) {
@@ -232,6 +235,7 @@ struct relay::impl {
     }
 
     void run(cmd::send_status& c) {
+        if (cleaner_) cleaner_->set_confirmed(session_.confirmed());
         if (!stream_) return;
         walsender::status_update s;
         s.write = c.write;
@@ -377,6 +381,7 @@ struct relay::impl {
         progress_timer_.cancel();
         slots_.reset();
         if (http_) http_->stop();
+        if (cleaner_) cleaner_->request_stop();
         ++stream_gen_;
         bury_stream();
         scans_.reset();
@@ -397,6 +402,18 @@ struct relay::impl {
     }
 
     // ---- I/O objects -----------------------------------------------------
+
+    // Opt-in outbox cleanup (--cleanup-after; main checked its tables before
+    // pg_setup): its own thread; its reports reach the metrics on the loop.
+    void start_cleanup() {
+        if (cfg_.cleanup_after.count() == 0) return;
+        auto report = [this, alive = std::weak_ptr<int>(alive_)](const cleanup_report& r) {
+            boost::asio::post(ioc_, [this, alive, r] {
+                if (alive.lock()) apply_cleanup_report(session_.metrics(), r);
+            });
+        };
+        cleaner_ = std::make_unique<outbox_cleanup>(cleanup_options_of(cfg_), std::move(report));
+    }
 
     void make_sink(std::size_t batch_size = 0) {
         sink_config sc;
@@ -495,6 +512,8 @@ struct relay::impl {
     std::unique_ptr<http_server> http_;
     std::unique_ptr<slot_monitor> slots_;
     bool slot_status_ok_ = true;
+    std::unique_ptr<outbox_cleanup> cleaner_;
+    std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // posted cleanup reports check it
     boost::asio::steady_timer timer_;
     boost::asio::steady_timer progress_timer_;
     std::chrono::steady_clock::time_point progress_at_{};
