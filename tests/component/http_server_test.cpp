@@ -11,6 +11,7 @@
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <functional>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -217,6 +218,60 @@ TEST_CASE("stop_closes_acceptor_and_idle_connections") {
     tcp::socket late(f.ioc);
     late.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), server.local_port()), ec);
     CHECK(ec == asio::error::connection_refused);
+}
+
+// Runs the loop until `done` or 5 s.
+void run_until(asio::io_context& ioc, const std::function<bool()>& done) {
+    auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (!done() && std::chrono::steady_clock::now() < deadline) {
+        if (ioc.stopped()) ioc.restart();
+        ioc.run_one_for(20ms);
+    }
+}
+
+TEST_CASE("connections_above_the_cap_are_closed_at_once") {
+    fixture f;
+    outbox::io::http_server_limits lim;
+    lim.max_connections = 2;
+    http_server server(f.ioc, "127.0.0.1:0", f.handlers(), lim);
+    const tcp::endpoint ep(asio::ip::make_address("127.0.0.1"), server.local_port());
+    tcp::socket a(f.ioc), b(f.ioc), c(f.ioc);
+    a.connect(ep);
+    b.connect(ep);
+    run_until(f.ioc, [&] { return server.open_connections() == 2; });
+    CHECK(server.open_connections() == 2);
+    c.connect(ep);
+    run_until(f.ioc, [&] { return server.refused_connections() == 1; });
+    CHECK(server.refused_connections() == 1);
+    // The third is closed by the server (reset, not left hanging).
+    char ch;
+    boost::system::error_code ec;
+    c.read_some(asio::buffer(&ch, 1), ec);
+    CHECK(ec);
+    // Once one of the two goes, a new connection is served again.
+    a.close();
+    run_until(f.ioc, [&] { return server.open_connections() == 1; });
+    CHECK(get(f.ioc, server.local_port(), "/healthz").status == 200);
+}
+
+TEST_CASE("an_idle_connection_is_closed_after_the_read_timeout") {
+    fixture f;
+    outbox::io::http_server_limits lim;
+    lim.read_timeout = 200ms;
+    http_server server(f.ioc, "127.0.0.1:0", f.handlers(), lim);
+    tcp::socket idle(f.ioc);
+    idle.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), server.local_port()));
+    run_until(f.ioc, [&] { return server.open_connections() == 1; });
+    REQUIRE(server.open_connections() == 1);
+    run_until(f.ioc, [&] { return server.open_connections() == 0; });
+    CHECK(server.open_connections() == 0);
+}
+
+TEST_CASE("a_bare_port_binds_loopback_only") {
+    fixture f;
+    http_server server(f.ioc, ":0", f.handlers());
+    // Served on loopback (config_test checks that "9187" means 127.0.0.1:9187).
+    CHECK(get(f.ioc, server.local_port(), "/healthz").status == 200);
 }
 
 }  // TEST_SUITE
