@@ -750,6 +750,23 @@ std::string env_name_of(std::string_view option) {
 std::string effective_config_json(const relay_config& cfg, int indent) {
     nlohmann::ordered_json j;
     for (const option_spec& o : options()) j[std::string(o.name)] = o.show(cfg);
+    // Routes: every table's own options when they are not just the top level's
+    // (a file with "tables"), and the messages' route, so the output reads
+    // back as the same configuration.
+    auto route_json = [](const routing_config& r, bool with_table) {
+        nlohmann::ordered_json o = nlohmann::ordered_json::object();
+        for (const route_option& ro : route_options)
+            if (with_table || ro.name != "table") o[std::string(ro.name)] = ro.show(r);
+        return o;
+    };
+    if (!cfg.tables.empty() &&
+        !(cfg.tables.size() == 1 && route_json(cfg.tables[0], true) == route_json(cfg.routing, true))) {
+        j.erase("table");
+        nlohmann::ordered_json t = nlohmann::ordered_json::array();
+        for (const auto& r : cfg.tables) t.push_back(route_json(r, true));
+        j["tables"] = std::move(t);
+    }
+    if (!cfg.message_prefix.empty()) j["messages"] = route_json(cfg.messages, false);
     nlohmann::ordered_json k = nlohmann::ordered_json::object();
     for (const auto& [prop, value] : cfg.kafka) k[prop] = shown_kafka_value(prop, value);
     j[std::string(kafka_key)] = std::move(k);

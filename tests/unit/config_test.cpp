@@ -565,6 +565,23 @@ TEST_CASE("effective_config_json_is_a_config_file_with_secrets_redacted") {
     CHECK(back.kafka.at("linger.ms") == "7");
 }
 
+TEST_CASE("effective_config_json_keeps_several_tables") {
+    const char* json = R"({
+        "postgres": "host=db", "brokers": "k:9092", "topic": "events.{aggregatetype}",
+        "tables": [{"table": "orders.outbox"}, {"table": "billing.events", "key-column": "account", "topic": "billing"}],
+        "messages": {"topic": "msg.x"}
+    })";
+    auto c = ok(json, {}, {});
+    const std::string text = outbox::effective_config_json(c);
+    relay_config back = ok(text, {}, {});
+    REQUIRE(back.tables.size() == 2);
+    CHECK(back.tables[1].schema == "billing");
+    CHECK(back.tables[1].columns.key == "account");
+    CHECK(back.tables[1].topic_template == "billing");
+    CHECK(back.tables[0].topic_template == "events.{aggregatetype}");
+    CHECK(back.messages.topic_template == "msg.x");
+}
+
 // ---------------------------------------------------------------- routes
 
 TEST_CASE("tables_in_the_file_take_the_top_level_route_options_as_defaults") {
