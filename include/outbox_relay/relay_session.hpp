@@ -429,6 +429,13 @@ private:
     enum class txn_state { off, uninitialized, initializing, idle, open, committing };
     txn_state txn_ = txn_state::off;
     steady_time txn_opened_at_{};
+    // The stream went quiet (on_stream_idle) with a Kafka transaction open:
+    // it commits at this time unless a frame arrives first. max = not armed.
+    steady_time idle_commit_at_ = steady_time::max();
+    // An open Kafka transaction could be committed now (no Postgres
+    // transaction half in it, nothing parked).
+    bool commit_possible() const noexcept;
+    void arm_idle_commit();
     steady_time txn_commit_asked_{};
     steady_time txn_retry_at_ = steady_time::max();
     std::size_t txn_records_ = 0;          // records produced into the open transaction

@@ -15,6 +15,12 @@ using std::chrono::milliseconds;
 // update per burst is enough, and Postgres does not need the flush position
 // more often than this.
 constexpr milliseconds confirm_gap{50};
+// How long the stream must stay quiet before an open Kafka transaction is
+// committed early. "The socket is empty" alone happens between every two
+// reads in a catch-up, and committing each time (a flush and an EndTxn round
+// trip, during which nothing can be produced) halved catch-up of single-row
+// transactions; a quiet half millisecond means the writer really paused.
+constexpr std::chrono::microseconds idle_commit_quiet{500};
 // A slot held by another process (a standby relay waiting for its turn).
 constexpr milliseconds slot_busy_retry{1000};
 // First delays of the exponential backoffs; each is capped by reconnect-backoff-max-ms.
@@ -522,7 +528,8 @@ void relay_session::on_tick(event_time now) {
             }
             if (now.mono >= last_status_ + cfg_.status_interval) send_status(now, false);
             maybe_send_status(now);
-            if (txn_ == txn_state::open && now.mono >= txn_opened_at_ + cfg_.kafka_txn_max) try_commit(now);
+            if (commit_possible() && (now.mono >= txn_opened_at_ + cfg_.kafka_txn_max || now.mono >= idle_commit_at_))
+                try_commit(now);
             if (now.mono >= gap_probe_retry_at_) {
                 gap_probe_retry_at_ = steady_time::max();
                 maybe_probe_gap();
@@ -595,7 +602,10 @@ steady_time relay_session::next_deadline() const noexcept {
                 if (!probe_sent_) d = std::min(d, last_heard_ + cfg_.pg_silence_timeout / 3);
             }
             if (phase_ != session_phase::streaming) d = std::min(d, phase_deadline_);
-            if (txn_ == txn_state::open && txn_records_ > 0) d = std::min(d, txn_opened_at_ + cfg_.kafka_txn_max);
+            // Only while a commit could go out: a deadline that passes while
+            // a Postgres transaction is half in the Kafka one would make the
+            // shell tick in a loop until it ends.
+            if (commit_possible()) d = std::min({d, txn_opened_at_ + cfg_.kafka_txn_max, idle_commit_at_});
             if (txn_ == txn_state::initializing) d = std::min(d, txn_retry_at_);
             d = std::min(d, gap_probe_retry_at_);
             return std::min(d, scan_retry_at_);
@@ -623,6 +633,7 @@ void relay_session::on_copy_data(std::string_view frame, event_time now) {
     if (stream_ != stream_state::live) return;
     last_heard_ = now.mono;
     probe_sent_ = false;
+    idle_commit_at_ = steady_time::max();  // not quiet after all
     auto msg = walsender::parse_copy_data(frame);
     if (!msg) {
         fail(exit_code::protocol, "malformed CopyData frame: " + msg.error().describe(), now);
@@ -744,6 +755,7 @@ void relay_session::on_message(const pgoutput::commit& c, const walsender::xlog_
     pg_txn_in_kafka_txn_ = false;
     metrics_.transactions.inc();
     if (tracker_.commit_txn(c.end_lsn)) confirmed_moved(now_);
+    if (commit_possible() && now_.mono >= txn_opened_at_ + cfg_.kafka_txn_max) try_commit(now_);
     if (phase_ == session_phase::finishing_txn) begin_drain(now_);
 }
 
@@ -1131,6 +1143,13 @@ void relay_session::release_txn_wait() {
         to_producer(q.rec.get(), q.pos, q.txn, q.bytes);
     }
     update_backpressure();
+    arm_idle_commit();
+}
+
+// Records went out with no frame behind them (a commit or a scan finished):
+// the stream may already be quiet and say so no more, so count from now.
+void relay_session::arm_idle_commit() {
+    if (commit_possible() && idle_commit_at_ == steady_time::max()) idle_commit_at_ = now_.mono + idle_commit_quiet;
 }
 
 // Commits the open Kafka transaction when that cannot split a Postgres
@@ -1140,6 +1159,7 @@ void relay_session::release_txn_wait() {
 void relay_session::try_commit(event_time now) {
     if (txn_ != txn_state::open || txn_records_ == 0) return;
     if (pg_txn_in_kafka_txn_ || parked_records_ > 0) return;
+    idle_commit_at_ = steady_time::max();
     metrics_.kafka_txn_records.observe(static_cast<double>(txn_records_));
     cmds_.emplace_back(cmd::commit_txn{});
     txn_ = txn_state::committing;
@@ -1150,7 +1170,15 @@ void relay_session::on_stream_idle(event_time now) {
     now_ = now;
     released_.clear();
     dead_letters_.clear();
-    try_commit(now);
+    if (!commit_possible()) return;
+    if (now.mono >= txn_opened_at_ + cfg_.kafka_txn_max)
+        try_commit(now);
+    else if (idle_commit_at_ == steady_time::max())
+        idle_commit_at_ = now.mono + idle_commit_quiet;
+}
+
+bool relay_session::commit_possible() const noexcept {
+    return txn_ == txn_state::open && txn_records_ > 0 && !pg_txn_in_kafka_txn_ && parked_records_ == 0;
 }
 
 void relay_session::on_txn_done(txn_op op, const txn_outcome& o, event_time now) {
@@ -1399,6 +1427,7 @@ void relay_session::release_parked(topic_state& t) {
     }
     if (moved) confirmed_moved(now_);
     update_backpressure();
+    arm_idle_commit();
     maybe_finish_drain(now_);
 }
 

@@ -196,7 +196,14 @@ struct driver {
         session().on_txn_done(op, o, now());
         drain();
     }
-    void idle() { session().on_stream_idle(now()), drain(); }
+    // The stream goes quiet and stays so past the idle-commit quiet period.
+    void idle() {
+        session().on_stream_idle(now());
+        drain();
+        advance(1ms);
+    }
+    // The socket is empty for a moment only: more data comes at once.
+    void idle_moment() { session().on_stream_idle(now()), drain(); }
     void scan_ok(const cmd::scan_topic& sc, std::vector<record_position> present = {}) {
         scan_outcome o;
         for (const auto& p : present) o.present.insert(p);
@@ -1289,6 +1296,60 @@ TEST_CASE("records_are_confirmed_only_once_their_kafka_transaction_commits") {
     CHECK(d.session().metrics().kafka_txn_commits.value() == 1);
 }
 
+TEST_CASE("an_idle_moment_commits_only_once_the_stream_stays_quiet") {
+    driver d(delivery_mode::exactly_once, "", true);
+    d.streaming();
+    d.txn_done(txn_op::init);
+    d.txn(0x1000, 1);
+    d.scan_ok(d.scans[0]);
+    // A catch-up: the socket is empty between reads, but frames keep coming.
+    for (std::uint64_t i = 1; i <= 20; ++i) {
+        d.idle_moment();
+        d.txn(0x1000 + i * 0x100, 1);
+    }
+    CHECK(d.count("commit_txn") == 0);
+    // The deadline the shell arms is the quiet period, not "now".
+    CHECK(d.session().next_deadline() > d.now().mono);
+    d.idle_moment();
+    CHECK(d.session().next_deadline() <= d.now().mono + 1ms);
+    d.advance(1ms);  // quiet: commit
+    CHECK(d.count("commit_txn") == 1);
+}
+
+TEST_CASE("records_that_waited_for_a_commit_are_committed_once_quiet_without_another_frame") {
+    driver d(delivery_mode::exactly_once, "", true);
+    d.streaming();
+    d.txn_done(txn_op::init);
+    d.txn(0x1000, 1);
+    d.scan_ok(d.scans[0]);
+    d.idle();
+    REQUIRE(d.count("commit_txn") == 1);
+    d.txn(0x2000, 2);  // arrives while the commit runs: waits
+    d.idle_moment();   // the last the stream says: it is quiet from now on
+    d.txn_done(txn_op::commit);
+    REQUIRE(d.out.size() == 3);  // released into a new transaction
+    d.advance(1ms);
+    CHECK(d.count("commit_txn") == 2);  // not 100 ms later
+}
+
+TEST_CASE("no_commit_deadline_while_a_postgres_transaction_is_half_in_kafka") {
+    driver d(delivery_mode::exactly_once, "", true);
+    d.streaming();
+    d.txn_done(txn_op::init);
+    d.txn(0x1000, 1);
+    d.scan_ok(d.scans[0]);
+    d.begin(0x2000);
+    d.row(0x2001, "e-a");
+    d.advance(200ms);  // past kafka-txn-max-ms
+    d.idle_moment();
+    CHECK(d.count("commit_txn") == 0);
+    // Nothing to do before the next status update: no deadline in the past.
+    CHECK(d.session().next_deadline() > d.now().mono);
+    d.row(0x2002, "e-b");
+    d.commit(0x2000, 0x2028);  // the Postgres transaction ends past the max age: commit at once
+    CHECK(d.count("commit_txn") == 1);
+}
+
 TEST_CASE("a_commit_never_splits_a_postgres_transaction") {
     driver d(delivery_mode::exactly_once, "", true);
     d.streaming();
@@ -1334,7 +1395,12 @@ TEST_CASE("under_load_a_transaction_commits_after_kafka_txn_max_ms") {
     d.txn(0x1000, 1);
     d.scan_ok(d.scans[0]);
     CHECK(d.session().next_deadline() - d.t <= std::chrono::steady_clock::duration(100ms));
-    d.advance(99ms);
+    // Under load frames keep coming, so the stream never stays quiet.
+    for (std::uint64_t i = 1; i <= 9; ++i) {
+        d.txn(0x1000 + i * 0x100, 1);
+        d.advance(10ms);
+    }
+    d.advance(9ms);
     CHECK(d.count("commit_txn") == 0);
     d.advance(1ms);
     CHECK(d.count("commit_txn") == 1);
