@@ -20,6 +20,8 @@ packages=(
     kcat
     # stack.sh uses runuser, flock (util-linux) and pgrep (procps)
     util-linux procps
+    # the TLS scenarios (54, 55) make their CA and certificates with openssl
+    openssl
     # bench/relay_drain_rate.sh reads /metrics and does arithmetic
     curl bc
     # bench/run.sh: the chart (gnuplot), instructions per event (valgrind), profiles (perf, heaptrack)
