@@ -165,8 +165,9 @@ public:
     // Text-mode values are used as Postgres prints them, except bytea
     // (decoded from \x hex). Column indexes are resolved once per (relid,
     // generation). One thread at a time; the record views `row`'s bytes,
-    // ctx.extra_headers and `scratch`, so all must outlive it, and the next
-    // map() with the same scratch replaces it.
+    // ctx.extra_headers, `scratch` and this mapper (header names are its
+    // placements' aliases), so all must outlive it, and the next map() with
+    // the same scratch replaces it.
     result<record> map(const cached_relation& rel, const pgoutput::tuple_data& row, const row_context& ctx,
                        record_scratch& scratch) const;
 

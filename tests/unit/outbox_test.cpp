@@ -526,7 +526,8 @@ TEST_CASE("debezium_header_placements_replace_the_default") {
     CHECK(find_hdr(*r, "type") == nullptr);
     // No placements at all: only id, as Debezium's default.
     cfg.placements.clear();
-    auto bare = mapper_of(cfg).map(rel, pg::tuple_data{cols}, ctx, scratch);
+    const auto mapper_bare = mapper_of(cfg);
+    auto bare = mapper_bare.map(rel, pg::tuple_data{cols}, ctx, scratch);
     REQUIRE(bare.has_value());
     REQUIRE(bare->headers.size() == 1);
     CHECK(bare->headers[0].name == "id");
@@ -608,18 +609,21 @@ TEST_CASE("debezium_tombstone_on_empty_payload") {
         CAPTURE(v);
         cols[4] = t(v);
         cfg.tombstone_on_empty_payload = false;
-        auto kept = mapper_of(cfg).map(rel, pg::tuple_data{cols}, ctx, scratch);
+        const auto mapper_kept = mapper_of(cfg);
+        auto kept = mapper_kept.map(rel, pg::tuple_data{cols}, ctx, scratch);
         REQUIRE(kept.has_value());
         CHECK_FALSE(kept->value_null);
         CHECK(kept->value == v);
         cfg.tombstone_on_empty_payload = true;
-        auto gone = mapper_of(cfg).map(rel, pg::tuple_data{cols}, ctx, scratch);
+        const auto mapper_gone = mapper_of(cfg);
+        auto gone = mapper_gone.map(rel, pg::tuple_data{cols}, ctx, scratch);
         REQUIRE(gone.has_value());
         CHECK(gone->value_null);
         CHECK(gone->key == "order-42");  // a tombstone keeps its key (compaction)
     }
     cols[4] = t("x");
-    auto full = mapper_of(cfg).map(rel, pg::tuple_data{cols}, ctx, scratch);
+    const auto mapper_full = mapper_of(cfg);
+    auto full = mapper_full.map(rel, pg::tuple_data{cols}, ctx, scratch);
     REQUIRE(full.has_value());
     CHECK(full->value == "x");
 }
@@ -629,12 +633,14 @@ TEST_CASE("debezium_additional_missing_error_or_ignore") {
     cfg.placements = placements("type:header,region:header");
     auto rel = outbox_relation();
     auto cols = good_row();
-    auto err = mapper_of(cfg).map(rel, pg::tuple_data{cols}, ctx, scratch);
+    const auto mapper_err = mapper_of(cfg);
+    auto err = mapper_err.map(rel, pg::tuple_data{cols}, ctx, scratch);
     REQUIRE(err.has_error());
     CHECK(err.error() == errc::missing_column);
     CHECK(err.error().field == "region");
     cfg.additional_missing = missing_policy::ignore;
-    auto ok = mapper_of(cfg).map(rel, pg::tuple_data{cols}, ctx, scratch);
+    const auto mapper_ok = mapper_of(cfg);
+    auto ok = mapper_ok.map(rel, pg::tuple_data{cols}, ctx, scratch);
     REQUIRE(ok.has_value());
     CHECK(find_hdr(*ok, "type") != nullptr);
     CHECK(find_hdr(*ok, "region") == nullptr);
@@ -644,7 +650,8 @@ TEST_CASE("record_timestamp_is_the_commit_time_or_the_column") {
     routing_config cfg;
     auto rel = outbox_relation();
     auto cols = good_row();
-    auto r = mapper_of(cfg).map(rel, pg::tuple_data{cols}, ctx, scratch);
+    const auto mapper_r = mapper_of(cfg);
+    auto r = mapper_r.map(rel, pg::tuple_data{cols}, ctx, scratch);
     REQUIRE(r.has_value());
     CHECK(r->timestamp_ms == 1'718'100'000'500);  // the commit time, in ms
 
@@ -752,7 +759,8 @@ TEST_CASE("bytea_payload_is_decoded_from_hex") {
     routing_config cfg;
     cfg.envelope = envelope_kind::json;
     cols[4] = t("\\x00ff41");
-    auto j = mapper_of(cfg).map(rel, pg::tuple_data{cols}, ctx, scratch);
+    const auto mapper_j = mapper_of(cfg);
+    auto j = mapper_j.map(rel, pg::tuple_data{cols}, ctx, scratch);
     REQUIRE(j.has_value());
     CHECK(j->value == R"({"payload":"AP9B"})");
 }
