@@ -1,5 +1,7 @@
 #include "outbox_relay/config.hpp"
 
+#include "outbox_relay/json_error.hpp"
+
 #include "outbox_relay/cleanup_plan.hpp"
 
 #include <nlohmann/json.hpp>
@@ -97,35 +99,6 @@ error config_error(std::string key, std::string source, std::string message) {
 // JSON file
 // ---------------------------------------------------------------------------
 
-// Finds where a document that failed to parse went wrong, without exceptions:
-// a SAX pass that records the byte offset of the error.
-struct error_locator final : nlohmann::json_sax<nlohmann::json> {
-    std::size_t position = 0;
-    std::string reason;
-    bool null() override { return true; }
-    bool boolean(bool) override { return true; }
-    bool number_integer(number_integer_t) override { return true; }
-    bool number_unsigned(number_unsigned_t) override { return true; }
-    bool number_float(number_float_t, const string_t&) override { return true; }
-    bool string(string_t&) override { return true; }
-    bool binary(binary_t&) override { return true; }
-    bool start_object(std::size_t) override { return true; }
-    bool key(string_t&) override { return true; }
-    bool end_object() override { return true; }
-    bool start_array(std::size_t) override { return true; }
-    bool end_array() override { return true; }
-    bool parse_error(std::size_t pos, const std::string&, const nlohmann::detail::exception& ex) override {
-        position = pos;
-        // what() reads "[json.exception.parse_error.101] parse error at line
-        // L, column C: <reason>"; keep only the reason, the line is ours.
-        std::string_view w = ex.what();
-        const auto col = w.find("column ");
-        const auto colon = col == std::string_view::npos ? col : w.find(": ", col);
-        reason = std::string(colon == std::string_view::npos ? w : w.substr(colon + 2));
-        return false;
-    }
-};
-
 // JSON scalars are accepted as their text; numbers and booleans are written
 // unquoted by most people and meaning is the same.
 bool json_scalar_text(const nlohmann::json& v, std::string* out) {
@@ -142,8 +115,7 @@ result<void> read_file(std::string_view text, std::string_view file_name, raw_co
     const std::string fname = file_name.empty() ? std::string("config") : std::string(file_name);
     auto doc = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
     if (doc.is_discarded()) {
-        error_locator loc;
-        nlohmann::json::sax_parse(text, &loc);
+        const json_error_site loc = locate_json_error(text);
         const std::size_t upto = std::min(loc.position, text.size());
         // position is 1-based past the offending character; count the lines
         // before it.

@@ -1,5 +1,6 @@
 #include "outbox_relay/outbox_message.hpp"
 
+#include "outbox_relay/json_error.hpp"
 #include "outbox_relay/outbox.hpp"
 
 #include <nlohmann/json.hpp>
@@ -16,27 +17,6 @@ error bad(std::string why) {
     return e;
 }
 
-// Finds where a document that failed to parse went wrong (byte offset).
-struct error_offset final : nlohmann::json_sax<nlohmann::ordered_json> {
-    std::size_t position = 0;
-    bool null() override { return true; }
-    bool boolean(bool) override { return true; }
-    bool number_integer(number_integer_t) override { return true; }
-    bool number_unsigned(number_unsigned_t) override { return true; }
-    bool number_float(number_float_t, const string_t&) override { return true; }
-    bool string(string_t&) override { return true; }
-    bool binary(binary_t&) override { return true; }
-    bool start_object(std::size_t) override { return true; }
-    bool key(string_t&) override { return true; }
-    bool end_object() override { return true; }
-    bool start_array(std::size_t) override { return true; }
-    bool end_array() override { return true; }
-    bool parse_error(std::size_t pos, const std::string&, const nlohmann::detail::exception&) override {
-        position = pos;
-        return false;
-    }
-};
-
 }  // namespace
 
 result<void> parse_outbox_message(std::string_view content, outbox_message& out) {
@@ -46,8 +26,7 @@ result<void> parse_outbox_message(std::string_view content, outbox_message& out)
     out.storage.clear();
     auto doc = nlohmann::ordered_json::parse(content, nullptr, /*allow_exceptions=*/false);
     if (doc.is_discarded()) {
-        error_offset loc;
-        nlohmann::ordered_json::sax_parse(content, &loc);
+        const json_error_site loc = locate_json_error(content);
         return bad("not valid JSON (byte " + std::to_string(loc.position) + " of " + std::to_string(content.size()) + ")");
     }
     if (!doc.is_object()) return bad("not a JSON object");
