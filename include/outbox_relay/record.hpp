@@ -44,6 +44,13 @@ struct record {
         for (const header& h : headers) n += h.name.size() + h.value.size();
         return n;
     }
+
+    // The first header called `name`, or nullptr.
+    const header* find(std::string_view name) const noexcept {
+        for (const header& h : headers)
+            if (h.name == name) return &h;
+        return nullptr;
+    }
 };
 
 // A record with its own storage: one heap buffer holding every byte, and the

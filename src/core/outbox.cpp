@@ -1,5 +1,7 @@
 #include "outbox_relay/outbox.hpp"
 
+#include "outbox_relay/pg_type_oids.hpp"
+
 #include <algorithm>
 #include <array>
 #include <charconv>
@@ -10,10 +12,6 @@
 namespace outbox {
 namespace {
 
-// Type OIDs (pg_type.dat) whose values the mapper reads differently.
-constexpr std::uint32_t oid_bool = 16, oid_bytea = 17, oid_int8 = 20, oid_int2 = 21, oid_int4 = 23, oid_oid = 26,
-                        oid_json = 114, oid_float4 = 700, oid_float8 = 701, oid_date = 1082, oid_timestamp = 1114,
-                        oid_timestamptz = 1184, oid_numeric = 1700, oid_jsonb = 3802;
 // jsonb_send writes a format version byte before the text (jsonb.c
 // jsonb_send: pq_sendint8(&buf, version) with version 1).
 constexpr char jsonb_binary_version = 1;
@@ -172,28 +170,28 @@ void append_json_value(std::string& out, const pgoutput::tuple_column& c, std::u
         return;
     }
     switch (type_oid) {
-        case oid_json:
-        case oid_jsonb: {
+        case pg_oid::json:
+        case pg_oid::jsonb: {
             std::string_view v = c.value;
-            if (c.kind == pgoutput::column_kind::binary && type_oid == oid_jsonb && !v.empty() &&
+            if (c.kind == pgoutput::column_kind::binary && type_oid == pg_oid::jsonb && !v.empty() &&
                 v.front() == jsonb_binary_version)
                 v.remove_prefix(1);
             out.append(v);
             return;
         }
-        case oid_int2:
-        case oid_int4:
-        case oid_int8:
-        case oid_oid:
-        case oid_float4:
-        case oid_float8:
-        case oid_numeric:
+        case pg_oid::int2:
+        case pg_oid::int4:
+        case pg_oid::int8:
+        case pg_oid::oid:
+        case pg_oid::float4:
+        case pg_oid::float8:
+        case pg_oid::numeric:
             if (is_json_number(c.value)) {
                 out.append(c.value);
                 return;
             }
             break;
-        case oid_bool:
+        case pg_oid::bool_:
             if (c.value == "t" || c.value == "true") {
                 out.append("true");
                 return;
@@ -203,7 +201,7 @@ void append_json_value(std::string& out, const pgoutput::tuple_column& c, std::u
                 return;
             }
             break;
-        case oid_bytea: {
+        case pg_oid::bytea: {
             std::string raw;
             if (c.kind == pgoutput::column_kind::text && decode_bytea_hex(c.value, raw)) {
                 out.push_back('"');
@@ -323,9 +321,9 @@ bool parse_int64(std::string_view s, std::int64_t& out) noexcept {
 result<std::int64_t> timestamp_ms_of(const pgoutput::tuple_column& c, std::uint32_t type_oid, const std::string& name) {
     std::int64_t us = 0, ms = 0;
     const std::string_view v = c.value;
-    const bool integer_type = type_oid == oid_int2 || type_oid == oid_int4 || type_oid == oid_int8 ||
-                              type_oid == oid_numeric;
-    const bool time_type = type_oid == oid_timestamp || type_oid == oid_timestamptz || type_oid == oid_date;
+    const bool integer_type = type_oid == pg_oid::int2 || type_oid == pg_oid::int4 || type_oid == pg_oid::int8 ||
+                              type_oid == pg_oid::numeric;
+    const bool time_type = type_oid == pg_oid::timestamp || type_oid == pg_oid::timestamptz || type_oid == pg_oid::date;
     if (c.kind == pgoutput::column_kind::binary && (time_type || integer_type))
         return value_error(name, "binary time values are not read: stream in text mode");
     if (!integer_type && parse_iso_time(v, us)) {
@@ -359,9 +357,9 @@ void format_rfc3339(std::int64_t us, std::string& out) {
 
 std::string_view content_type_of(std::uint32_t type_oid) noexcept {
     switch (type_oid) {
-        case oid_json:
-        case oid_jsonb: return "application/json";
-        case oid_bytea: return "application/octet-stream";
+        case pg_oid::json:
+        case pg_oid::jsonb: return "application/json";
+        case pg_oid::bytea: return "application/octet-stream";
         default: return "text/plain; charset=utf-8";
     }
 }
@@ -623,11 +621,11 @@ result<record> outbox_mapper::map(const cached_relation& rel, const pgoutput::tu
         auto v = required_text(payload, names.payload);
         if (!v) return v.error();
         value = *v;
-        if (payload.kind == pgoutput::column_kind::binary && payload_type == oid_jsonb) {
+        if (payload.kind == pgoutput::column_kind::binary && payload_type == pg_oid::jsonb) {
             if (value.empty() || value.front() != jsonb_binary_version)
                 return value_error(names.payload, "binary jsonb without format version 1");
             value.remove_prefix(1);
-        } else if (payload.kind == pgoutput::column_kind::text && payload_type == oid_bytea) {
+        } else if (payload.kind == pgoutput::column_kind::text && payload_type == pg_oid::bytea) {
             if (!decode_bytea_hex(value, scratch.bytes))
                 return value_error(names.payload, "bytea not in hex format (set bytea_output = 'hex')");
             value = scratch.bytes;
@@ -739,9 +737,9 @@ result<record> outbox_mapper::map(const cached_relation& rel, const pgoutput::tu
             out.append("{\"payload\":");
             if (value_null) {
                 out.append("null");
-            } else if (payload_type == oid_json || payload_type == oid_jsonb) {
+            } else if (payload_type == pg_oid::json || payload_type == pg_oid::jsonb) {
                 out.append(value);
-            } else if (payload_type == oid_bytea) {
+            } else if (payload_type == pg_oid::bytea) {
                 out.push_back('"');
                 append_base64(out, value);
                 out.push_back('"');
@@ -826,10 +824,10 @@ record outbox_mapper::salvage(const cached_relation& rel, const pgoutput::tuple_
     if (const auto* c = column(names.payload)) {
         rec.value = c->value;
         const std::uint32_t type = rel.columns[static_cast<std::size_t>(rel.column_index(names.payload))].type_oid;
-        if (c->kind == pgoutput::column_kind::binary && type == oid_jsonb && !rec.value.empty() &&
+        if (c->kind == pgoutput::column_kind::binary && type == pg_oid::jsonb && !rec.value.empty() &&
             rec.value.front() == jsonb_binary_version)
             rec.value.remove_prefix(1);
-        else if (c->kind == pgoutput::column_kind::text && type == oid_bytea && decode_bytea_hex(c->value, scratch.bytes))
+        else if (c->kind == pgoutput::column_kind::text && type == pg_oid::bytea && decode_bytea_hex(c->value, scratch.bytes))
             rec.value = scratch.bytes;
     } else {
         rec.value_null = true;

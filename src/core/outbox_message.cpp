@@ -2,14 +2,12 @@
 
 #include "outbox_relay/json_error.hpp"
 #include "outbox_relay/outbox.hpp"
+#include "outbox_relay/pg_type_oids.hpp"
 
 #include <nlohmann/json.hpp>
 
 namespace outbox {
 namespace {
-
-// The type OIDs the mapper reads a field as (pg_type.dat).
-constexpr std::uint32_t oid_bool = 16, oid_int8 = 20, oid_text = 25, oid_float8 = 701, oid_jsonb = 3802;
 
 error bad(std::string why) {
     error e(errc::bad_message);
@@ -63,26 +61,26 @@ result<void> parse_outbox_message(std::string_view content, outbox_message& out)
             }
             continue;
         }
-        pending p{keep(name), 0, pgoutput::column_kind::text, oid_text};
+        pending p{keep(name), 0, pgoutput::column_kind::text, pg_oid::text};
         switch (v.type()) {
             case nlohmann::ordered_json::value_t::null: p.kind = pgoutput::column_kind::null; break;
             case nlohmann::ordered_json::value_t::string: p.value = keep(v.get<std::string>()); break;
             case nlohmann::ordered_json::value_t::boolean:
                 p.value = keep(v.get<bool>() ? "true" : "false");
-                p.type = oid_bool;
+                p.type = pg_oid::bool_;
                 break;
             case nlohmann::ordered_json::value_t::number_integer:
             case nlohmann::ordered_json::value_t::number_unsigned:
                 p.value = keep(v.dump());
-                p.type = oid_int8;
+                p.type = pg_oid::int8;
                 break;
             case nlohmann::ordered_json::value_t::number_float:
                 p.value = keep(v.dump());
-                p.type = oid_float8;
+                p.type = pg_oid::float8;
                 break;
             default:  // object, array
                 p.value = keep(v.dump());
-                p.type = oid_jsonb;
+                p.type = pg_oid::jsonb;
                 break;
         }
         cols.push_back(p);

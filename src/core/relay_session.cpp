@@ -39,7 +39,7 @@ struct overloaded : F... {
 
 std::string lsn_text(lsn l) { return l.to_string(); }
 
-std::string quoted(std::string_view s) {
+std::string log_quoted(std::string_view s) {
     // The log layer escapes; here only make a value with spaces one token.
     std::string out;
     out.reserve(s.size() + 2);
@@ -106,11 +106,6 @@ std::optional<record_position> position_of(const record& r) {
     return *p;
 }
 
-bool has_header(const record& r, std::string_view name) {
-    for (const header& h : r.headers)
-        if (h.name == name) return true;
-    return false;
-}
 
 milliseconds doubled(milliseconds current, milliseconds floor, milliseconds cap) {
     milliseconds next = current.count() == 0 ? floor : current * 2;
@@ -238,14 +233,14 @@ void relay_session::on_stream_closed(stream_end kind, std::string_view message, 
             not_ready_ = "replication slot " + cfg_.slot + " is held by another process";
             if (!slot_busy_noted_) {
                 note(cmd::note::level::info,
-                     "event=slot_busy slot=" + cfg_.slot + " msg=" + quoted(message) + " action=retrying_every_1s");
+                     "event=slot_busy slot=" + cfg_.slot + " msg=" + log_quoted(message) + " action=retrying_every_1s");
                 slot_busy_noted_ = true;
             }
             lose_stream(now, slot_busy_retry);
             return;
         case stream_end::connection_lost:
             metrics_.pg_reconnects.inc();
-            note(cmd::note::level::warn, "event=connection_lost msg=" + quoted(message) +
+            note(cmd::note::level::warn, "event=connection_lost msg=" + log_quoted(message) +
                                              " confirmed=" + lsn_text(tracker_.confirmed()));
             not_ready_ = "reconnecting to Postgres: " + std::string(message);
             lose_stream(now, next_backoff(reconnect_floor));
@@ -358,7 +353,7 @@ void relay_session::restart_producer(std::string_view why, event_time now, bool 
         delay = doubled(producer_backoff_, producer_restart_floor, cfg_.reconnect_backoff_max);
         producer_backoff_ = delay;
     }
-    note(cmd::note::level::warn, "event=producer_restart reason=" + quoted(why) + " confirmed=" +
+    note(cmd::note::level::warn, "event=producer_restart reason=" + log_quoted(why) + " confirmed=" +
                                      lsn_text(tracker_.confirmed()) + " in_a_row=" + std::to_string(fatal_in_a_row_) +
                                      " after_ms=" + std::to_string(delay.count()));
     phase_ = session_phase::producer_restart;
@@ -472,7 +467,7 @@ void relay_session::fail(exit_code code, std::string reason, event_time now) {
     exit_ = code;
     exit_reason_ = std::move(reason);
     note(cmd::note::level::error, "event=fatal exit_code=" + std::to_string(to_int(code)) + " (" +
-                                      std::string(exit_code_name(code)) + ") reason=" + quoted(exit_reason_));
+                                      std::string(exit_code_name(code)) + ") reason=" + log_quoted(exit_reason_));
     // Reading stops at once; the final status confirms only what is acked.
     if (stream_ == stream_state::live) {
         phase_ = session_phase::draining;
@@ -847,9 +842,8 @@ void relay_session::refuse_row(const outbox_mapper& m, const error& e, const cac
         dead_letter(salvaged, pos, reason, detail, intended, std::nullopt, false, m.label());
         return;
     }
-    std::string id = "?";
-    for (const header& h : salvaged.headers)
-        if (h.name == header_id) id = std::string(h.value);
+    const header* id_header = salvaged.find(header_id);
+    const std::string id = id_header ? std::string(id_header->value) : "?";
     const std::string text = std::string(what) + " at lsn=" + lsn_text(x.data_start) + " (" + m.label() +
                              ") event_id=" + id + " cannot be sent (" + std::string(reason) + "): " + detail +
                              "; nothing at or after it is confirmed. Fix the " +
@@ -1061,9 +1055,9 @@ void relay_session::dead_letter(const record& orig, record_position pos, std::st
     // commands view their record until the event's commands have run.
     dead_letters_.emplace_back(rec);
     const record& owned = dead_letters_.back().get();
-    note(cmd::note::level::warn, "event=dead_letter reason=" + std::string(reason) + " topic=" + quoted(intended_topic) +
+    note(cmd::note::level::warn, "event=dead_letter reason=" + std::string(reason) + " topic=" + log_quoted(intended_topic) +
                                      " position=" + std::string(dlq_.pos.commit_lsn()) + "/" + std::string(dlq_.pos.seq()) +
-                                     " detail=" + quoted(dlq_.detail));
+                                     " detail=" + log_quoted(dlq_.detail));
     send(owned, pos, existing);
 }
 
@@ -1207,7 +1201,7 @@ void relay_session::on_txn_done(txn_op op, const txn_outcome& o, event_time now)
                 return;
             }
             if (o.status == txn_outcome::kind::retriable) {
-                note(cmd::note::level::warn, "event=txn_init_retry reason=" + quoted(o.message));
+                note(cmd::note::level::warn, "event=txn_init_retry reason=" + log_quoted(o.message));
                 txn_retry_at_ = now.mono + milliseconds{1000};
                 return;
             }
@@ -1285,7 +1279,7 @@ void relay_session::slot_gap_found(std::string_view topic, lsn newest, event_tim
              now);
         return;
     }
-    note(cmd::note::level::warn, "event=slot_gap_accepted reason=" + quoted(what));
+    note(cmd::note::level::warn, "event=slot_gap_accepted reason=" + log_quoted(what));
 }
 
 // Records tell which topics to check; with a new slot there may be none for
@@ -1307,7 +1301,7 @@ void relay_session::on_gap_probe(bool failed, bool found, lsn newest, std::strin
     now_ = now;
     if (stream_ != stream_state::live || slot_gap_checked_) return;
     if (failed) {
-        note(cmd::note::level::warn, "event=gap_probe_failed reason=" + quoted(message) + " retry_after_ms=1000");
+        note(cmd::note::level::warn, "event=gap_probe_failed reason=" + log_quoted(message) + " retry_after_ms=1000");
         gap_probe_sent_ = false;
         gap_probe_retry_at_ = now.mono + milliseconds{1000};
         return;
@@ -1365,7 +1359,7 @@ void relay_session::on_scan_done(std::uint64_t scan_id, scan_outcome outcome, ev
             scan_retry_at_ = std::min(scan_retry_at_, t.retry_at);
             metrics_.scan_failures.inc();
             note(cmd::note::level::warn, "event=replay_scan_failed topic=" + it->first + " reason=" +
-                                             quoted(outcome.message) + " attempt=" + std::to_string(t.failures) +
+                                             log_quoted(outcome.message) + " attempt=" + std::to_string(t.failures) +
                                              " retry_after_ms=" + std::to_string(delay.count()) +
                                              " parked=" + std::to_string(t.parked.size()));
             return;
@@ -1380,7 +1374,7 @@ void relay_session::on_scan_done(std::uint64_t scan_id, scan_outcome outcome, ev
                 t.dead_reason = auth ? "topic_authorization" : "invalid_topic";
                 t.dead_detail = outcome.message;
                 note(cmd::note::level::warn, "event=topic_dead topic=" + it->first + " reason=" + t.dead_reason +
-                                                 " detail=" + quoted(outcome.message));
+                                                 " detail=" + log_quoted(outcome.message));
                 std::deque<parked_record> batch = std::exchange(t.parked, {});
                 const std::string topic = it->first;
                 for (parked_record& p : batch) {
@@ -1394,10 +1388,8 @@ void relay_session::on_scan_done(std::uint64_t scan_id, scan_outcome outcome, ev
                 update_backpressure();
                 return;
             }
-            std::string id = "?";
-            if (!t.parked.empty())
-                for (const header& h : t.parked.front().rec.get().headers)
-                    if (h.name == header_id) id = std::string(h.value);
+            const header* id_header = t.parked.empty() ? nullptr : t.parked.front().rec.get().find(header_id);
+            const std::string id = id_header ? std::string(id_header->value) : "?";
             fail(exit_code::record_rejected, "topic " + it->first + " cannot be read for the exactly-once check (" +
                                                  outcome.message + "); first waiting event_id=" + id +
                                                  "; nothing at or after it is confirmed",
@@ -1488,7 +1480,7 @@ void relay_session::on_delivery(record_tag tag, const delivery& d, event_time no
                 return;
             }
             // Too large even for the dead-letter topic: it goes there without its value.
-            if (is_dead_letter && pos && d.why == refusal::too_large && !has_header(d.rec, header_dlq_value_bytes)) {
+            if (is_dead_letter && pos && d.why == refusal::too_large && !d.rec.find(header_dlq_value_bytes)) {
                 std::string reason = "record_too_large";
                 for (const header& h : d.rec.headers)
                     if (h.name == header_dlq_reason) reason = std::string(h.value);

@@ -629,9 +629,8 @@ void kafka_sink::produce(const outbox::record& rec, std::uint64_t tag) {
     auto refuse = [&](rd_kafka_resp_err_t err) {
         ++in_flight_;
         bytes_in_flight_ += bytes;
-        std::string event_id;
-        for (const auto& h : rec.headers)
-            if (h.name == outbox::header_id) event_id = h.value;
+        const outbox::header* id = rec.find(outbox::header_id);
+        std::string event_id = id ? std::string(id->value) : std::string();
         std::optional<outbox::owned_record> copy;
         if (is_permanent(err)) copy.emplace(rec);
         d.synth.push_back({tag, err, std::string(rec.topic), bytes, std::move(event_id), std::move(copy)});

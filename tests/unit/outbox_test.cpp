@@ -52,9 +52,8 @@ const outbox::row_context ctx{1'718'100'000'500'000, {}};
 
 // The value of header `name` of `r`, or "<none>".
 std::string_view hdr(const record& r, std::string_view name) {
-    for (const auto& h : r.headers)
-        if (h.name == name) return h.value;
-    return "<none>";
+    const outbox::header* h = r.find(name);
+    return h ? h->value : "<none>";
 }
 
 outbox_mapper default_mapper() {
@@ -480,11 +479,6 @@ struct wide_row {
     pg::tuple_data row() const { return pg::tuple_data{cols}; }
 };
 
-const outbox::header* find_hdr(const record& r, std::string_view name) {
-    for (const auto& h : r.headers)
-        if (h.name == name) return &h;
-    return nullptr;
-}
 }  // namespace
 
 TEST_CASE("debezium_route_by_field_and_replacement") {
@@ -523,7 +517,7 @@ TEST_CASE("debezium_header_placements_replace_the_default") {
     CHECK(r->headers[1].value == "OrderCreated");
     CHECK(r->headers[2].name == "aggregatetype");
     CHECK(r->headers[2].value == "order");
-    CHECK(find_hdr(*r, "type") == nullptr);
+    CHECK(r->find("type") == nullptr);
     // No placements at all: only id, as Debezium's default.
     cfg.placements.clear();
     const auto mapper_bare = mapper_of(cfg);
@@ -642,8 +636,8 @@ TEST_CASE("debezium_additional_missing_error_or_ignore") {
     const auto mapper_ok = mapper_of(cfg);
     auto ok = mapper_ok.map(rel, pg::tuple_data{cols}, ctx, scratch);
     REQUIRE(ok.has_value());
-    CHECK(find_hdr(*ok, "type") != nullptr);
-    CHECK(find_hdr(*ok, "region") == nullptr);
+    CHECK(ok->find("type") != nullptr);
+    CHECK(ok->find("region") == nullptr);
 }
 
 TEST_CASE("record_timestamp_is_the_commit_time_or_the_column") {
@@ -714,8 +708,8 @@ TEST_CASE("cloudevents_binary_mode_headers") {
     cols[4] = null_col();
     r = m.map(rel, pg::tuple_data{cols}, ctx, scratch);
     REQUIRE(r.has_value());
-    CHECK(find_hdr(*r, "ce_subject") == nullptr);
-    CHECK(find_hdr(*r, "content-type") == nullptr);
+    CHECK(r->find("ce_subject") == nullptr);
+    CHECK(r->find("content-type") == nullptr);
     CHECK(r->value_null);
     // ce_type is required.
     cols = good_row();
@@ -780,14 +774,14 @@ TEST_CASE("w3c_trace_context_columns") {
     w.cols[6] = t("00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01");
     r = m.map(w.rel, w.row(), ctx, scratch);
     REQUIRE(r.has_value());
-    CHECK(find_hdr(*r, "traceparent") == nullptr);
-    CHECK(find_hdr(*r, "tracestate") == nullptr);
+    CHECK(r->find("traceparent") == nullptr);
+    CHECK(r->find("tracestate") == nullptr);
     CHECK(scratch.trace_dropped);
     // NULL: nothing, and nothing dropped.
     w.cols[6] = null_col();
     r = m.map(w.rel, w.row(), ctx, scratch);
     REQUIRE(r.has_value());
-    CHECK(find_hdr(*r, "traceparent") == nullptr);
+    CHECK(r->find("traceparent") == nullptr);
     CHECK_FALSE(scratch.trace_dropped);
 }
 

@@ -130,7 +130,7 @@ std::vector<std::string_view> col_names(const event& e) {
     return v;
 }
 
-const std::vector<std::string_view> outbox_columns = {"id",      "aggregate_type", "aggregate_id", "event_type",
+const std::vector<std::string_view> golden_outbox_columns = {"id",      "aggregate_type", "aggregate_id", "event_type",
                                                       "payload", "headers",        "created_at"};
 
 // Unix time 2024-05-01 12:00:00 UTC, as µs since the Postgres epoch.
@@ -180,7 +180,7 @@ TEST_CASE("golden_multirow_transactions") {
     CHECK(r.nspname == "public");
     CHECK(r.relname == "outbox");
     CHECK(r.replica_identity == 'd');
-    CHECK(col_names(rel) == outbox_columns);
+    CHECK(col_names(rel) == golden_outbox_columns);
     std::vector<std::uint32_t> oids;
     for (const auto& col : rel.rel_cols) oids.push_back(col.type_oid);
     CHECK(oids == std::vector<std::uint32_t>{20, 25, 25, 25, 3802, 3802, 1184});  // int8 text jsonb timestamptz
