@@ -250,7 +250,9 @@ step "stack up: $MATRIX_NAME" stack_up matrix || matrix_ok=0
 ctest_bg() {
     local name="$1" log="$2"
     shift 2
-    run_ctest "$@" >"$log" 2>&1 &
+    # The subshell notes when its ctest ended: the runs are waited for in order.
+    rm -f "$log.end"
+    ( rc=0; run_ctest "$@" || rc=$?; echo "$SECONDS" >"$log.end"; exit "$rc" ) >"$log" 2>&1 &
     bg_pids+=("$!")
     bg_names+=("$name")
     bg_logs+=("$log")
@@ -272,7 +274,7 @@ fi
 for i in "${!bg_pids[@]}"; do
     rc=0
     wait "${bg_pids[$i]}" || rc=$?
-    took=$((SECONDS - bg_starts[i]))
+    took=$(( $(cat "${bg_logs[$i]}.end" 2>/dev/null || echo "$SECONDS") - bg_starts[i] ))
     banner "${bg_names[$i]} (log ${bg_logs[$i]})"
     cat "${bg_logs[$i]}"
     if [[ $rc -eq 0 ]]; then

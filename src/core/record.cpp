@@ -1,5 +1,6 @@
 #include "outbox_relay/record.hpp"
 
+#include <array>
 #include <cstring>
 
 namespace outbox {
@@ -30,14 +31,24 @@ owned_record::owned_record(const record& r) {
     rec_.headers = std::span<const header>(headers_.data(), headers_.size());
 }
 
+namespace {
+// Kafka's legal topic characters, one lookup per byte: a routed topic is
+// checked for every record.
+constexpr std::array<bool, 256> topic_chars = [] {
+    std::array<bool, 256> t{};
+    for (int c = 'a'; c <= 'z'; ++c) t[c] = true;
+    for (int c = 'A'; c <= 'Z'; ++c) t[c] = true;
+    for (int c = '0'; c <= '9'; ++c) t[c] = true;
+    t['.'] = t['_'] = t['-'] = true;
+    return t;
+}();
+}  // namespace
+
 bool valid_topic_name(std::string_view name) noexcept {
     if (name.empty() || name.size() > 249 || name == "." || name == "..") return false;
-    for (char c : name) {
-        const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-                        c == '_' || c == '-';
-        if (!ok) return false;
-    }
-    return true;
+    bool ok = true;
+    for (char c : name) ok &= topic_chars[static_cast<unsigned char>(c)];
+    return ok;
 }
 
 }  // namespace outbox
