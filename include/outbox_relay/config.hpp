@@ -66,6 +66,7 @@ struct relay_config {
     std::string dead_letter_topic;            // rows that cannot be delivered for good go here; empty = stop instead
     bool kafka_transactions = true;           // exactly-once: produce in Kafka transactions (fences zombies)
     std::chrono::milliseconds kafka_txn_max{100};  // the longest a Kafka transaction stays open while records keep coming
+    std::chrono::milliseconds kafka_txn_min_interval{5};  // the least time from one Kafka commit to the next (0: none)
     std::chrono::milliseconds cleanup_after{0};    // delete relayed outbox rows older than this (cleanup_plan.hpp); 0 = off
     std::size_t cleanup_batch = 10'000;            // rows per cleanup DELETE
 };

@@ -654,6 +654,12 @@ const option_spec option_table[] = {
      "is idle), ms",
      false, false, [](relay_config& c, const std::string& s) { return millis<1, 60'000>(s, c.kafka_txn_max); },
      [](const relay_config& c) { return ms_text(c.kafka_txn_max); }},
+    {"kafka-txn-min-interval-ms",
+     "the least time from the start of one Kafka commit to the next when the stream goes quiet (fewer, larger "
+     "transactions; each costs the producer CPU), ms; 0 = commit as soon as the stream is quiet",
+     false, false,
+     [](relay_config& c, const std::string& s) { return millis<0, 60'000>(s, c.kafka_txn_min_interval); },
+     [](const relay_config& c) { return ms_text(c.kafka_txn_min_interval); }},
     {"accept-slot-gap",
      "start even though the slot was (re)created while Kafka holds events of this source: true | false", false,
      false,

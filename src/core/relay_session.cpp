@@ -523,7 +523,7 @@ void relay_session::on_tick(event_time now) {
             }
             if (now.mono >= last_status_ + cfg_.status_interval) send_status(now, false);
             maybe_send_status(now);
-            if (commit_possible() && (now.mono >= txn_opened_at_ + cfg_.kafka_txn_max || now.mono >= idle_commit_at_))
+            if (commit_possible() && (now.mono >= txn_opened_at_ + cfg_.kafka_txn_max || now.mono >= quiet_commit_due()))
                 try_commit(now);
             if (now.mono >= gap_probe_retry_at_) {
                 gap_probe_retry_at_ = steady_time::max();
@@ -600,7 +600,7 @@ steady_time relay_session::next_deadline() const noexcept {
             // Only while a commit could go out: a deadline that passes while
             // a Postgres transaction is half in the Kafka one would make the
             // shell tick in a loop until it ends.
-            if (commit_possible()) d = std::min({d, txn_opened_at_ + cfg_.kafka_txn_max, idle_commit_at_});
+            if (commit_possible()) d = std::min({d, txn_opened_at_ + cfg_.kafka_txn_max, quiet_commit_due()});
             if (txn_ == txn_state::initializing) d = std::min(d, txn_retry_at_);
             d = std::min(d, gap_probe_retry_at_);
             return std::min(d, scan_retry_at_);
@@ -1169,6 +1169,17 @@ void relay_session::on_stream_idle(event_time now) {
         try_commit(now);
     else if (idle_commit_at_ == steady_time::max())
         idle_commit_at_ = now.mono + idle_commit_quiet;
+}
+
+// A quiet stream commits, but not sooner than kafka-txn-min-interval-ms after
+// the last commit began: each Kafka transaction costs the producer about 2 ms
+// of CPU (librdkafka 2.0.2's main thread spins out the last millisecond before
+// each of its timers, and every transaction arms two), so at a thousand
+// single-row Postgres transactions a second, committing on every quiet gap
+// keeps a core busy.
+steady_time relay_session::quiet_commit_due() const noexcept {
+    if (idle_commit_at_ == steady_time::max()) return idle_commit_at_;
+    return std::max(idle_commit_at_, txn_commit_asked_ + cfg_.kafka_txn_min_interval);
 }
 
 bool relay_session::commit_possible() const noexcept {

@@ -1329,7 +1329,59 @@ TEST_CASE("records_that_waited_for_a_commit_are_committed_once_quiet_without_ano
     d.txn_done(txn_op::commit);
     REQUIRE(d.out.size() == 3);  // released into a new transaction
     d.advance(1ms);
+    // Quiet, but the last commit began less than kafka-txn-min-interval-ms ago.
+    CHECK(d.count("commit_txn") == 1);
+    CHECK(d.session().next_deadline() == d.now().mono + 4ms);
+    d.advance(4ms);
     CHECK(d.count("commit_txn") == 2);  // not 100 ms later
+}
+
+TEST_CASE("without_a_min_interval_a_quiet_stream_commits_at_once") {
+    driver d(delivery_mode::exactly_once, "", true);
+    d.cfg.kafka_txn_min_interval = 0ms;
+    d.streaming();
+    d.txn_done(txn_op::init);
+    d.txn(0x1000, 1);
+    d.scan_ok(d.scans[0]);
+    d.idle();
+    REQUIRE(d.count("commit_txn") == 1);
+    d.txn(0x2000, 2);
+    d.idle_moment();
+    d.txn_done(txn_op::commit);
+    d.advance(1ms);
+    CHECK(d.count("commit_txn") == 2);
+}
+
+TEST_CASE("single_row_transactions_every_millisecond_commit_at_most_every_min_interval") {
+    driver d(delivery_mode::exactly_once, "", true);
+    d.cfg.kafka_txn_min_interval = 10ms;
+    d.streaming();
+    d.txn_done(txn_op::init);
+    d.txn(0x1000, 1);
+    d.scan_ok(d.scans[0]);
+    // One single-row transaction a millisecond, each followed by a quiet gap;
+    // each commit is answered at once.
+    std::vector<steady_time> commits_at;
+    for (std::uint64_t i = 1; i <= 100; ++i) {
+        d.idle_moment();
+        d.advance(1ms);
+        while (d.count("commit_txn") > commits_at.size()) {
+            commits_at.push_back(d.now().mono);
+            d.ack_all();
+            d.txn_done(txn_op::commit);
+        }
+        d.txn(0x1000 + i * 0x100, 1);
+    }
+    REQUIRE(commits_at.size() >= 9);   // about one per 10 ms of the 100 ms
+    CHECK(commits_at.size() <= 11);
+    for (std::size_t i = 1; i < commits_at.size(); ++i) CHECK(commits_at[i] - commits_at[i - 1] >= 10ms);
+    // Nothing was held back for good: the last transactions commit and are confirmed.
+    d.idle_moment();
+    d.advance(20ms);
+    d.ack_all();
+    if (d.count("commit_txn") > commits_at.size()) d.txn_done(txn_op::commit);
+    d.advance(60ms);  // past the gap between two status updates
+    CHECK(d.last_flush() == lsn{0x1000 + 100 * 0x100 + 0x28});
 }
 
 TEST_CASE("no_commit_deadline_while_a_postgres_transaction_is_half_in_kafka") {
