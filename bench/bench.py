@@ -792,7 +792,7 @@ def relay_latency(ctx, rate, clients, seconds, extra=(), label=None):
         raise BenchError(f"relay {label} died during the latency run\n{proc.tail()}")
     out = summarize_latency(r)
     # The relay logs how long the exactly-once tail scan of each new topic
-    # took; it runs on the loop thread, so every other topic waits that long.
+    # took (on its scan pool; only that topic's records wait for it).
     try:
         with open(proc.logpath, errors="replace") as f:
             out["new_topic_scan_ms"] = [int(m.group(1)) for m in
@@ -1245,7 +1245,7 @@ def write_markdown(res, path):
     for name, v in rows:
         if v and v.get("steady_within_1s_after_probe_append_ms", {}).get("n"):
             a, o = v["steady_within_1s_after_probe_append_ms"], v["steady_other_append_ms"]
-            scan = (f"; the relay's tail scan of each new topic (on its loop thread) took "
+            scan = (f"; the relay's tail scan of each new topic (on its scan thread) took "
                     f"{', '.join(map(str, v['new_topic_scan_ms']))} ms") if v.get("new_topic_scan_ms") else ""
             L.append(f"- {name} at {v['rate_target']:.0f}/s: records to the steady topic committed within 1 s after "
                      f"a new-topic record: p99 {a['p99']:.1f} ms, max {a['max']:.1f} ms; the others: p99 "
