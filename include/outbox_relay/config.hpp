@@ -67,6 +67,7 @@ struct relay_config {
     bool kafka_transactions = true;           // exactly-once: produce in Kafka transactions (fences zombies)
     std::chrono::milliseconds kafka_txn_max{100};  // the longest a Kafka transaction stays open while records keep coming
     std::chrono::milliseconds kafka_txn_min_interval{5};  // the least time from one Kafka commit to the next (0: none)
+    std::chrono::milliseconds kafka_txn_begin_delay{3};   // after a commit, wait this long before the next transaction's first record
     std::chrono::milliseconds cleanup_after{0};    // delete relayed outbox rows older than this (cleanup_plan.hpp); 0 = off
     std::size_t cleanup_batch = 10'000;            // rows per cleanup DELETE
 };

@@ -438,6 +438,7 @@ private:
     steady_time quiet_commit_due() const noexcept;
     void arm_idle_commit();
     steady_time txn_commit_asked_ = steady_time::min();  // when the last commit began
+    steady_time txn_begin_at_ = steady_time::min();      // no record goes into a new transaction before this
     steady_time txn_retry_at_ = steady_time::max();
     std::size_t txn_records_ = 0;          // records produced into the open transaction
     bool pg_txn_in_kafka_txn_ = false;     // records of the Postgres transaction being received are in it

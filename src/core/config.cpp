@@ -660,6 +660,13 @@ const option_spec option_table[] = {
      false, false,
      [](relay_config& c, const std::string& s) { return millis<0, 60'000>(s, c.kafka_txn_min_interval); },
      [](const relay_config& c) { return ms_text(c.kafka_txn_min_interval); }},
+    {"kafka-txn-begin-delay-ms",
+     "after a Kafka commit, how long records wait before the next transaction's first one is produced: the "
+     "coordinator answers CONCURRENT_TRANSACTIONS until the commit's markers are written, and librdkafka 2.0.2 "
+     "retries that after 20 ms, ms; 0 = at once",
+     false, false,
+     [](relay_config& c, const std::string& s) { return millis<0, 1'000>(s, c.kafka_txn_begin_delay); },
+     [](const relay_config& c) { return ms_text(c.kafka_txn_begin_delay); }},
     {"accept-slot-gap",
      "start even though the slot was (re)created while Kafka holds events of this source: true | false", false,
      false,

@@ -525,6 +525,7 @@ void relay_session::on_tick(event_time now) {
             maybe_send_status(now);
             if (commit_possible() && (now.mono >= txn_opened_at_ + cfg_.kafka_txn_max || now.mono >= quiet_commit_due()))
                 try_commit(now);
+            if (txn_ == txn_state::idle && !txn_wait_.empty() && now.mono >= txn_begin_at_) release_txn_wait();
             if (now.mono >= gap_probe_retry_at_) {
                 gap_probe_retry_at_ = steady_time::max();
                 maybe_probe_gap();
@@ -601,6 +602,7 @@ steady_time relay_session::next_deadline() const noexcept {
             // a Postgres transaction is half in the Kafka one would make the
             // shell tick in a loop until it ends.
             if (commit_possible()) d = std::min({d, txn_opened_at_ + cfg_.kafka_txn_max, quiet_commit_due()});
+            if (txn_ == txn_state::idle && !txn_wait_.empty()) d = std::min(d, txn_begin_at_);
             if (txn_ == txn_state::initializing) d = std::min(d, txn_retry_at_);
             d = std::min(d, gap_probe_retry_at_);
             return std::min(d, scan_retry_at_);
@@ -1093,8 +1095,13 @@ void relay_session::produce_now(const record& rec, record_position pos, checkpoi
         case txn_state::open:
             break;
         case txn_state::idle:
-            open_txn();
-            break;
+            // Right after a commit (kafka-txn-begin-delay-ms), and behind
+            // records already waiting for that, a record waits too.
+            if (txn_wait_.empty() && now_.mono >= txn_begin_at_) {
+                open_txn();
+                break;
+            }
+            [[fallthrough]];
         default:
             txn_wait_.push_back(parked_record{owned_record(rec), pos, txn, bytes});
             txn_wait_bytes_ += bytes;
@@ -1128,6 +1135,7 @@ void relay_session::open_txn() {
 // Records that waited for a transaction go into a new one, in order.
 void relay_session::release_txn_wait() {
     if (txn_wait_.empty() || (txn_ != txn_state::idle && txn_ != txn_state::open)) return;
+    if (txn_ == txn_state::idle && now_.mono < txn_begin_at_) return;  // on_tick releases them
     if (txn_ == txn_state::idle) open_txn();
     std::deque<parked_record> batch = std::exchange(txn_wait_, {});
     txn_wait_bytes_ = 0;
@@ -1230,6 +1238,7 @@ void relay_session::on_txn_done(txn_op op, const txn_outcome& o, event_time now)
                 bool moved = false;
                 for (checkpoint_tracker::txn_id id : std::exchange(txn_acked_, {})) moved = tracker_.ack(id) || moved;
                 txn_ = txn_state::idle;
+                txn_begin_at_ = now.mono + cfg_.kafka_txn_begin_delay;
                 if (moved) confirmed_moved(now);
                 release_txn_wait();
                 update_backpressure();

@@ -1318,6 +1318,7 @@ TEST_CASE("an_idle_moment_commits_only_once_the_stream_stays_quiet") {
 
 TEST_CASE("records_that_waited_for_a_commit_are_committed_once_quiet_without_another_frame") {
     driver d(delivery_mode::exactly_once, "", true);
+    d.cfg.kafka_txn_begin_delay = 0ms;  // the case of released records, not of the delay
     d.streaming();
     d.txn_done(txn_op::init);
     d.txn(0x1000, 1);
@@ -1339,6 +1340,7 @@ TEST_CASE("records_that_waited_for_a_commit_are_committed_once_quiet_without_ano
 TEST_CASE("without_a_min_interval_a_quiet_stream_commits_at_once") {
     driver d(delivery_mode::exactly_once, "", true);
     d.cfg.kafka_txn_min_interval = 0ms;
+    d.cfg.kafka_txn_begin_delay = 0ms;
     d.streaming();
     d.txn_done(txn_op::init);
     d.txn(0x1000, 1);
@@ -1433,9 +1435,54 @@ TEST_CASE("records_while_a_commit_runs_wait_for_the_next_transaction_in_order") 
     CHECK(d.session().parked_records() == 3);
     d.ack(0);
     d.txn_done(txn_op::commit);
-    REQUIRE(d.out.size() == 4);
+    // The commit's markers are still being written: they wait
+    // kafka-txn-begin-delay-ms (3) more, and so does what comes meanwhile.
+    CHECK(d.out.size() == 1);
+    CHECK(d.count("begin_txn") == 1);
+    CHECK(d.session().next_deadline() == d.now().mono + 3ms);
+    d.advance(1ms);
+    d.txn(0x4000, 1);
+    CHECK(d.out.size() == 1);
+    CHECK(d.session().parked_records() == 4);
+    d.advance(2ms);
+    REQUIRE(d.out.size() == 5);
+    CHECK(d.count("begin_txn") == 2);
     CHECK(d.out[1].headers.at("outbox-relay.commit-lsn") == "0/2000");
     CHECK(d.out[3].headers.at("outbox-relay.commit-lsn") == "0/3000");
+    CHECK(d.out[4].headers.at("outbox-relay.commit-lsn") == "0/4000");
+    // Later records go straight into the open transaction.
+    d.txn(0x5000, 1);
+    CHECK(d.out.size() == 6);
+}
+
+TEST_CASE("a_record_long_after_a_commit_opens_a_transaction_at_once") {
+    driver d(delivery_mode::exactly_once, "", true);
+    d.streaming();
+    d.txn_done(txn_op::init);
+    d.txn(0x1000, 1);
+    d.scan_ok(d.scans[0]);
+    d.idle();
+    REQUIRE(d.count("commit_txn") == 1);
+    d.ack_all();
+    d.txn_done(txn_op::commit);
+    d.advance(50ms);
+    d.txn(0x2000, 1);
+    CHECK(d.count("begin_txn") == 2);
+    CHECK(d.out.size() == 2);
+}
+
+TEST_CASE("without_a_begin_delay_waiting_records_go_out_when_the_commit_returns") {
+    driver d(delivery_mode::exactly_once, "", true);
+    d.cfg.kafka_txn_begin_delay = 0ms;
+    d.streaming();
+    d.txn_done(txn_op::init);
+    d.txn(0x1000, 1);
+    d.scan_ok(d.scans[0]);
+    d.idle();
+    d.txn(0x2000, 2);
+    d.ack(0);
+    d.txn_done(txn_op::commit);
+    CHECK(d.out.size() == 3);
     CHECK(d.count("begin_txn") == 2);
 }
 
