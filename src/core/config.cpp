@@ -1,8 +1,7 @@
 #include "outbox_relay/config.hpp"
 
-#include "outbox_relay/json_error.hpp"
-
 #include "outbox_relay/cleanup_plan.hpp"
+#include "outbox_relay/json_error.hpp"
 
 #include <nlohmann/json.hpp>
 

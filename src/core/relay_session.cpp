@@ -107,6 +107,12 @@ std::optional<record_position> position_of(const record& r) {
 }
 
 
+// The record's event id header for messages, "?" without one.
+std::string event_id_of(const record& r) {
+    const header* h = r.find(header_id);
+    return h ? std::string(h->value) : "?";
+}
+
 milliseconds doubled(milliseconds current, milliseconds floor, milliseconds cap) {
     milliseconds next = current.count() == 0 ? floor : current * 2;
     return std::clamp(next, std::min(floor, cap), cap);
@@ -525,7 +531,7 @@ void relay_session::on_tick(event_time now) {
             maybe_send_status(now);
             if (commit_possible() && (now.mono >= txn_opened_at_ + cfg_.kafka_txn_max || now.mono >= quiet_commit_due()))
                 try_commit(now);
-            if (txn_ == txn_state::idle && !txn_wait_.empty() && now.mono >= txn_begin_at_) release_txn_wait();
+            if (txn_ == txn_state::idle) release_txn_wait();  // once kafka-txn-begin-delay-ms has passed
             if (now.mono >= gap_probe_retry_at_) {
                 gap_probe_retry_at_ = steady_time::max();
                 maybe_probe_gap();
@@ -844,8 +850,7 @@ void relay_session::refuse_row(const outbox_mapper& m, const error& e, const cac
         dead_letter(salvaged, pos, reason, detail, intended, std::nullopt, false, m.label());
         return;
     }
-    const header* id_header = salvaged.find(header_id);
-    const std::string id = id_header ? std::string(id_header->value) : "?";
+    const std::string id = event_id_of(salvaged);
     const std::string text = std::string(what) + " at lsn=" + lsn_text(x.data_start) + " (" + m.label() +
                              ") event_id=" + id + " cannot be sent (" + std::string(reason) + "): " + detail +
                              "; nothing at or after it is confirmed. Fix the " +
@@ -1182,7 +1187,7 @@ void relay_session::on_stream_idle(event_time now) {
 // A quiet stream commits, but not sooner than kafka-txn-min-interval-ms after
 // the last commit began: each Kafka transaction costs the producer about 2 ms
 // of CPU (librdkafka 2.0.2's main thread spins out the last millisecond before
-// each of its timers, and every transaction arms two), so at a thousand
+// each of its timers, and every transaction arms several), so at a thousand
 // single-row Postgres transactions a second, committing on every quiet gap
 // keeps a core busy.
 steady_time relay_session::quiet_commit_due() const noexcept {
@@ -1408,8 +1413,7 @@ void relay_session::on_scan_done(std::uint64_t scan_id, scan_outcome outcome, ev
                 update_backpressure();
                 return;
             }
-            const header* id_header = t.parked.empty() ? nullptr : t.parked.front().rec.get().find(header_id);
-            const std::string id = id_header ? std::string(id_header->value) : "?";
+            const std::string id = t.parked.empty() ? "?" : event_id_of(t.parked.front().rec.get());
             fail(exit_code::record_rejected, "topic " + it->first + " cannot be read for the exactly-once check (" +
                                                  outcome.message + "); first waiting event_id=" + id +
                                                  "; nothing at or after it is confirmed",

@@ -204,6 +204,15 @@ struct driver {
     }
     // The socket is empty for a moment only: more data comes at once.
     void idle_moment() { session().on_stream_idle(now()), drain(); }
+    // Streaming with Kafka transactions initialised, and one single-row
+    // transaction (0x1000) produced into an open Kafka transaction once its
+    // topic's scan came back empty.
+    void first_txn_in_kafka_txn() {
+        streaming();
+        txn_done(txn_op::init);
+        txn(0x1000, 1);
+        scan_ok(scans[0]);
+    }
     void scan_ok(const cmd::scan_topic& sc, std::vector<record_position> present = {}) {
         scan_outcome o;
         for (const auto& p : present) o.present.insert(p);
@@ -1298,10 +1307,7 @@ TEST_CASE("records_are_confirmed_only_once_their_kafka_transaction_commits") {
 
 TEST_CASE("an_idle_moment_commits_only_once_the_stream_stays_quiet") {
     driver d(delivery_mode::exactly_once, "", true);
-    d.streaming();
-    d.txn_done(txn_op::init);
-    d.txn(0x1000, 1);
-    d.scan_ok(d.scans[0]);
+    d.first_txn_in_kafka_txn();
     // A catch-up: the socket is empty between reads, but frames keep coming.
     for (std::uint64_t i = 1; i <= 20; ++i) {
         d.idle_moment();
@@ -1319,10 +1325,7 @@ TEST_CASE("an_idle_moment_commits_only_once_the_stream_stays_quiet") {
 TEST_CASE("records_that_waited_for_a_commit_are_committed_once_quiet_without_another_frame") {
     driver d(delivery_mode::exactly_once, "", true);
     d.cfg.kafka_txn_begin_delay = 0ms;  // the case of released records, not of the delay
-    d.streaming();
-    d.txn_done(txn_op::init);
-    d.txn(0x1000, 1);
-    d.scan_ok(d.scans[0]);
+    d.first_txn_in_kafka_txn();
     d.idle();
     REQUIRE(d.count("commit_txn") == 1);
     d.txn(0x2000, 2);  // arrives while the commit runs: waits
@@ -1341,10 +1344,7 @@ TEST_CASE("without_a_min_interval_a_quiet_stream_commits_at_once") {
     driver d(delivery_mode::exactly_once, "", true);
     d.cfg.kafka_txn_min_interval = 0ms;
     d.cfg.kafka_txn_begin_delay = 0ms;
-    d.streaming();
-    d.txn_done(txn_op::init);
-    d.txn(0x1000, 1);
-    d.scan_ok(d.scans[0]);
+    d.first_txn_in_kafka_txn();
     d.idle();
     REQUIRE(d.count("commit_txn") == 1);
     d.txn(0x2000, 2);
@@ -1357,10 +1357,7 @@ TEST_CASE("without_a_min_interval_a_quiet_stream_commits_at_once") {
 TEST_CASE("single_row_transactions_every_millisecond_commit_at_most_every_min_interval") {
     driver d(delivery_mode::exactly_once, "", true);
     d.cfg.kafka_txn_min_interval = 10ms;
-    d.streaming();
-    d.txn_done(txn_op::init);
-    d.txn(0x1000, 1);
-    d.scan_ok(d.scans[0]);
+    d.first_txn_in_kafka_txn();
     // One single-row transaction a millisecond, each followed by a quiet gap;
     // each commit is answered at once.
     std::vector<steady_time> commits_at;
@@ -1388,10 +1385,7 @@ TEST_CASE("single_row_transactions_every_millisecond_commit_at_most_every_min_in
 
 TEST_CASE("no_commit_deadline_while_a_postgres_transaction_is_half_in_kafka") {
     driver d(delivery_mode::exactly_once, "", true);
-    d.streaming();
-    d.txn_done(txn_op::init);
-    d.txn(0x1000, 1);
-    d.scan_ok(d.scans[0]);
+    d.first_txn_in_kafka_txn();
     d.begin(0x2000);
     d.row(0x2001, "e-a");
     d.advance(200ms);  // past kafka-txn-max-ms
@@ -1406,10 +1400,7 @@ TEST_CASE("no_commit_deadline_while_a_postgres_transaction_is_half_in_kafka") {
 
 TEST_CASE("a_commit_never_splits_a_postgres_transaction") {
     driver d(delivery_mode::exactly_once, "", true);
-    d.streaming();
-    d.txn_done(txn_op::init);
-    d.txn(0x1000, 1);
-    d.scan_ok(d.scans[0]);
+    d.first_txn_in_kafka_txn();
     d.begin(0x2000);
     d.row(0x2001, "e-a");
     d.idle();
@@ -1423,10 +1414,7 @@ TEST_CASE("a_commit_never_splits_a_postgres_transaction") {
 
 TEST_CASE("records_while_a_commit_runs_wait_for_the_next_transaction_in_order") {
     driver d(delivery_mode::exactly_once, "", true);
-    d.streaming();
-    d.txn_done(txn_op::init);
-    d.txn(0x1000, 1);
-    d.scan_ok(d.scans[0]);
+    d.first_txn_in_kafka_txn();
     d.idle();
     REQUIRE(d.count("commit_txn") == 1);
     d.txn(0x2000, 2);
@@ -1457,10 +1445,7 @@ TEST_CASE("records_while_a_commit_runs_wait_for_the_next_transaction_in_order") 
 
 TEST_CASE("a_record_long_after_a_commit_opens_a_transaction_at_once") {
     driver d(delivery_mode::exactly_once, "", true);
-    d.streaming();
-    d.txn_done(txn_op::init);
-    d.txn(0x1000, 1);
-    d.scan_ok(d.scans[0]);
+    d.first_txn_in_kafka_txn();
     d.idle();
     REQUIRE(d.count("commit_txn") == 1);
     d.ack_all();
@@ -1474,10 +1459,7 @@ TEST_CASE("a_record_long_after_a_commit_opens_a_transaction_at_once") {
 TEST_CASE("without_a_begin_delay_waiting_records_go_out_when_the_commit_returns") {
     driver d(delivery_mode::exactly_once, "", true);
     d.cfg.kafka_txn_begin_delay = 0ms;
-    d.streaming();
-    d.txn_done(txn_op::init);
-    d.txn(0x1000, 1);
-    d.scan_ok(d.scans[0]);
+    d.first_txn_in_kafka_txn();
     d.idle();
     d.txn(0x2000, 2);
     d.ack(0);
@@ -1489,10 +1471,7 @@ TEST_CASE("without_a_begin_delay_waiting_records_go_out_when_the_commit_returns"
 TEST_CASE("under_load_a_transaction_commits_after_kafka_txn_max_ms") {
     driver d(delivery_mode::exactly_once, "", true);
     d.cfg.kafka_txn_max = 100ms;
-    d.streaming();
-    d.txn_done(txn_op::init);
-    d.txn(0x1000, 1);
-    d.scan_ok(d.scans[0]);
+    d.first_txn_in_kafka_txn();
     CHECK(d.session().next_deadline() - d.t <= std::chrono::steady_clock::duration(100ms));
     // Under load frames keep coming, so the stream never stays quiet.
     for (std::uint64_t i = 1; i <= 9; ++i) {
@@ -1507,10 +1486,7 @@ TEST_CASE("under_load_a_transaction_commits_after_kafka_txn_max_ms") {
 
 TEST_CASE("fenced_by_a_standby_exits_27") {
     driver d(delivery_mode::exactly_once, "", true);
-    d.streaming();
-    d.txn_done(txn_op::init);
-    d.txn(0x1000, 1);
-    d.scan_ok(d.scans[0]);
+    d.first_txn_in_kafka_txn();
     d.ack_all();
     d.idle();
     d.txn_done(txn_op::commit, txn_outcome::kind::fatal, true, "commit_transaction: PRODUCER_FENCED");
@@ -1532,10 +1508,7 @@ TEST_CASE("fenced_producer_error_exits_27") {
 
 TEST_CASE("an_abortable_commit_resends_from_the_confirmed_position") {
     driver d(delivery_mode::exactly_once, "", true);
-    d.streaming();
-    d.txn_done(txn_op::init);
-    d.txn(0x1000, 1);
-    d.scan_ok(d.scans[0]);
+    d.first_txn_in_kafka_txn();
     d.ack_all();
     d.idle();
     d.txn_done(txn_op::commit, txn_outcome::kind::abortable, false, "commit_transaction: abortable");
@@ -1583,10 +1556,7 @@ TEST_CASE("a_refused_record_in_a_transaction_is_a_dead_letter_after_the_abort") 
 
 TEST_CASE("shutdown_commits_the_open_transaction_then_confirms") {
     driver d(delivery_mode::exactly_once, "", true);
-    d.streaming();
-    d.txn_done(txn_op::init);
-    d.txn(0x1000, 1);
-    d.scan_ok(d.scans[0]);
+    d.first_txn_in_kafka_txn();
     d.ack_all();
     d.shutdown();
     REQUIRE(d.count("commit_txn") == 1);
